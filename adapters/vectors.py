@@ -1,0 +1,51 @@
+"""numpy kernels shared by the vector-carrying adapters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from adapters.errors import NonFiniteError, ShapeError
+
+
+def as_matrix(rows: Any, *, field: str) -> np.ndarray:
+    """Turn a JSON list of equal-length number lists into a float64 matrix (n, d).
+
+    Rejects ragged rows, strings, nested objects and non-finite values with the field's path,
+    so a bad batch is one clear error rather than a numpy traceback.
+    """
+    if not isinstance(rows, list):
+        raise ShapeError(f"{field} must be a list of vectors", field=field)
+    if not rows:
+        return np.zeros((0, 0), dtype=np.float64)
+    try:
+        matrix = np.array(rows)
+    except ValueError as exc:  # ragged: rows of different lengths
+        raise ShapeError(f"{field} rows must all have the same length", field=field) from exc
+    if matrix.ndim != 2 or matrix.dtype.kind not in "fiu":
+        raise ShapeError(f"{field} must be a list of lists of numbers", field=field)
+    matrix = matrix.astype(np.float64, copy=False)
+    ensure_finite(matrix, field=field)
+    return matrix
+
+
+def ensure_finite(values: np.ndarray, *, field: str) -> None:
+    """Raise NonFiniteError naming `field` when any value is NaN or infinite."""
+    if not np.isfinite(values).all():
+        raise NonFiniteError(f"{field} contains NaN or infinite values", field=field)
+
+
+def l2_normalize(matrix: np.ndarray) -> np.ndarray:
+    """Scale each row to unit L2 norm, vectorised over the batch; a zero row stays zero.
+
+    >>> l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]])).tolist()
+    [[0.6, 0.8], [0.0, 0.0]]
+    """
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
+
+
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of matching rows of two equal-shape matrices (zero rows give 0)."""
+    return np.einsum("ij,ij->i", l2_normalize(a), l2_normalize(b))
