@@ -1,9 +1,10 @@
 """Measure the upstream client choice: one raw ASGI pass-through, three clients.
 
-Run: .venv/bin/python benchmarks/client_choice.py   (needs `wrk` on PATH)
+Run: .venv/bin/python benchmarks/client_choice.py   (needs `wrk`: apt-get install wrk)
 
-Starts a tiny backend, then for each client a one-worker uvicorn proxy in front of it,
-drives it with wrk at 32 connections and reports RPS and the proxy's CPU per request.
+Starts benchmarks/stub_backend.py, then for each client a one-worker uvicorn proxy
+(benchmarks/client_proxy.py) in front of it, drives it with wrk at 32 connections, two
+rounds alternating, and prints RPS and the proxy's CPU time per request.
 """
 
 from __future__ import annotations
@@ -14,57 +15,10 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-BACKEND = '''
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    body = b'{"ok":true,"items":[1,2,3]}'
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-'''
-
-PROXY = '''
-import os
-UP = os.environ["UPSTREAM"]
-KIND = os.environ["KIND"]
-state = {}
-
-async def _client():
-    if "c" not in state:
-        if KIND == "aiohttp":
-            import aiohttp
-            state["c"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100), auto_decompress=False)
-        elif KIND == "httpx-aiohttp":
-            import httpx, httpx_aiohttp
-            state["c"] = httpx.AsyncClient(transport=httpx_aiohttp.AiohttpTransport(trust_env=False), trust_env=False)
-        else:
-            import httpx
-            state["c"] = httpx.AsyncClient(trust_env=False, limits=httpx.Limits(max_connections=100))
-    return state["c"]
-
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    c = await _client()
-    if KIND == "aiohttp":
-        async with c.request(scope["method"], UP + scope["path"]) as r:
-            await send({"type": "http.response.start", "status": r.status, "headers": [(b"content-type", b"application/json")]})
-            async for chunk in r.content.iter_any():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-    else:
-        req = c.build_request(scope["method"], UP + scope["path"])
-        r = await c.send(req, stream=True)
-        try:
-            await send({"type": "http.response.start", "status": r.status_code, "headers": [(b"content-type", b"application/json")]})
-            async for chunk in r.aiter_raw():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-        finally:
-            await r.aclose()
-'''
+HERE = Path(__file__).resolve().parent
+KINDS = ("aiohttp", "httpx-aiohttp", "httpx")
 
 
 def free_port() -> int:
@@ -74,7 +28,7 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -88,39 +42,39 @@ def wait_port(port: int) -> None:
     raise RuntimeError(f"port {port} never opened")
 
 
-def uvicorn(module_dir: str, module: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "uvicorn", f"{module}:app", "--port", str(port), "--loop", "uvloop",
-           "--http", "httptools", "--no-access-log", "--log-level", "warning"]
-    return subprocess.Popen(cmd, cwd=module_dir, env={**os.environ, **env})
+def uvicorn(module: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "uvicorn", f"{module}:app", "--port", str(port)]
+    command += ["--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+    command += ["--log-level", "warning"]
+    return subprocess.Popen(command, cwd=HERE, env={**os.environ, **env})
+
+
+def wrk(port: int, seconds: int) -> str:
+    command = ["wrk", "-t1", "-c32", f"-d{seconds}s", f"http://127.0.0.1:{port}/x"]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
 def main() -> None:
-    import tempfile
-
-    tmp = tempfile.mkdtemp()
-    open(f"{tmp}/backend.py", "w").write(BACKEND)
-    open(f"{tmp}/proxy.py", "w").write(PROXY)
-    bport = free_port()
-    backend = uvicorn(tmp, "backend", bport, {})
-    wait_port(bport)
-    results = []
+    backend_port = free_port()
+    backend = uvicorn("stub_backend", backend_port, {})
+    wait_port(backend_port)
     try:
-        for rnd in range(2):
-            for kind in ("aiohttp", "httpx-aiohttp", "httpx"):
+        for round_number in range(2):
+            for kind in KINDS:
                 port = free_port()
-                proxy = uvicorn(tmp, "proxy", port, {"UPSTREAM": f"http://127.0.0.1:{bport}", "KIND": kind})
+                upstream = f"http://127.0.0.1:{backend_port}"
+                proxy = uvicorn("client_proxy", port, {"UPSTREAM": upstream, "KIND": kind})
                 wait_port(port)
-                subprocess.run(["wrk", "-t1", "-c32", "-d2s", f"http://127.0.0.1:{port}/x"], capture_output=True)
-                c0 = cpu_seconds(proxy.pid)
-                out = subprocess.run(["wrk", "-t1", "-c32", "-d6s", f"http://127.0.0.1:{port}/x"],
-                                     capture_output=True, text=True).stdout
-                c1 = cpu_seconds(proxy.pid)
+                wrk(port, 2)  # warm-up
+                before = cpu_seconds(proxy.pid)
+                output = wrk(port, 6)
+                used = cpu_seconds(proxy.pid) - before
                 proxy.terminate()
                 proxy.wait()
-                n = int(re.search(r"(\d+) requests in", out).group(1))
-                rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-                results.append((rnd, kind, rps, (c1 - c0) / n * 1e6))
-                print(f"round {rnd} {kind:14s} {rps:9.0f} rps  {(c1 - c0) / n * 1e6:7.0f} us CPU/request", flush=True)
+                requests = int(re.search(r"(\d+) requests in", output).group(1))
+                rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+                per_request = used / requests * 1e6
+                print(f"round {round_number} {kind:14s} {rps:9.0f} rps {per_request:7.0f} us CPU")
     finally:
         backend.terminate()
 

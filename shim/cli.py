@@ -1,0 +1,415 @@
+"""The `shim` command. The only module that imports uvicorn.
+
+Operator mistakes (bad config, refused flips) are one line on stderr and a non-zero exit:
+2 for configuration errors, 1 for refused operations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from shim import __version__
+from shim.errors import ConfigError, FlagError, ShimError
+from shim.flags import FlagStateError, FlagStore, check_pins, cli_actor, resolve
+from shim.routes import RouteTable, load_routes
+from shim.settings import Settings, load_settings
+
+EXIT_REFUSED = 1
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return EXIT_CONFIG
+    try:
+        return int(args.run(args) or 0)
+    except ConfigError as exc:
+        print(f"shim: config error: {exc.message}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (FlagError, FlagStateError) as exc:
+        print(f"shim: refused: {exc.message}", file=sys.stderr)
+        return EXIT_REFUSED
+    except ShimError as exc:
+        print(f"shim: {exc.message}", file=sys.stderr)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shim", description="Cut API traffic over from the Rust to the Go backend."
+    )
+    parser.add_argument("--version", action="version", version=f"cutover-shim {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the proxy and its admin listener")
+    _config_option(serve)
+    serve.add_argument("--host", help="proxy address (SHIM_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="proxy port (SHIM_PORT, default 4120)")
+    serve.add_argument("--admin-port", type=int, help="admin port (SHIM_ADMIN_PORT, default 4121)")
+    serve.add_argument("--workers", type=int, help="worker processes (SHIM_WORKERS, default 1)")
+    serve.set_defaults(run=run_serve)
+
+    demo = commands.add_parser("demo", help="reference Rust and Go backends plus the shim")
+    demo.add_argument("--port", type=int, default=4120, help="proxy port (default 4120)")
+    demo.add_argument("--admin-port", type=int, default=4121, help="admin port (default 4121)")
+    demo.add_argument("--rust-port", type=int, default=3100, help="Rust backend (default 3100)")
+    demo.add_argument("--go-port", type=int, default=4110, help="Go backend (default 4110)")
+    demo.add_argument("--workers", type=int, default=2, help="shim workers (default 2)")
+    demo.set_defaults(run=run_demo)
+
+    reference = commands.add_parser("reference", help="serve one reference backend")
+    reference.add_argument("backend", choices=["rust", "go"])
+    reference.add_argument("--host", default="127.0.0.1")
+    reference.add_argument("--port", type=int, help="default 3100 (rust) or 4110 (go)")
+    reference.add_argument("--latency-ms", type=float, default=0.0, help="delay every answer")
+    reference.set_defaults(run=run_reference)
+
+    flags = commands.add_parser("flags", help="show every endpoint's flag, or change one")
+    _config_option(flags)
+    flags.set_defaults(run=run_flags_table)
+    flag_commands = flags.add_subparsers(metavar="ACTION")
+    flag_set = flag_commands.add_parser("set", help="route an endpoint to rust or go")
+    _config_option(flag_set)
+    flag_set.add_argument("endpoint")
+    flag_set.add_argument("backend", choices=["rust", "go"])
+    flag_set.add_argument("--shadow", action=argparse.BooleanOptionalAction, default=None)
+    flag_set.add_argument("--percent", type=int, help="canary share served by Go (0-100)")
+    flag_set.add_argument("--reason", help="recorded in the audit trail")
+    flag_set.set_defaults(run=run_flags_set)
+
+    rollback = commands.add_parser("rollback", help="send endpoints (default: all) back to rust")
+    _config_option(rollback)
+    rollback.add_argument("endpoints", nargs="*", metavar="ENDPOINT")
+    rollback.add_argument("--reason", help="recorded in the audit trail")
+    rollback.set_defaults(run=run_rollback)
+
+    check = commands.add_parser("check", help="validate settings, route table and flag state")
+    _config_option(check)
+    check.set_defaults(run=run_check)
+    return parser
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", help="TOML settings file (SHIM_CONFIG, default config/shim.toml)"
+    )
+
+
+def _load(args: argparse.Namespace, **overrides: object) -> tuple[Settings, RouteTable]:
+    settings = load_settings(getattr(args, "config", None), **overrides)
+    routes = load_routes(settings.resolved_routes_file())
+    check_pins(settings.pin, routes)
+    return settings, routes
+
+
+# -- serve ------------------------------------------------------------------------------
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    settings, _ = _load(
+        args, host=args.host, port=args.port, admin_port=args.admin_port, workers=args.workers
+    )
+    if (settings.host, settings.port) == (settings.admin_host, settings.admin_port):
+        raise ConfigError("the admin listener needs its own port", key="admin_port")
+    proxy_socket = _bind(settings.host, settings.port, "port")
+    admin_socket = _bind(settings.admin_host, settings.admin_port, "admin_port")
+    # Spawned workers re-import the app and see only the environment.
+    os.environ.update(
+        {
+            "SHIM_HOST": settings.host,
+            "SHIM_PORT": str(proxy_socket.getsockname()[1]),
+            "SHIM_ADMIN_HOST": settings.admin_host,
+            "SHIM_ADMIN_PORT": str(admin_socket.getsockname()[1]),
+            "SHIM_WORKERS": str(settings.workers),
+        }
+    )
+    if args.config:
+        os.environ["SHIM_CONFIG"] = str(Path(args.config).resolve())
+    config = uvicorn.Config(
+        "shim.app:create_app",
+        factory=True,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        workers=settings.workers,
+        access_log=False,
+        server_header=False,
+        log_level=settings.log_level,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=10,
+    )
+    print(
+        f"shim: proxy http://{settings.host}:{proxy_socket.getsockname()[1]} "
+        f"admin http://{settings.admin_host}:{admin_socket.getsockname()[1]} "
+        f"workers {settings.workers} state {settings.state_dir}",
+        file=sys.stderr,
+        flush=True,
+    )
+    sockets = [proxy_socket, admin_socket]
+    if settings.workers == 1:
+        uvicorn.Server(config).run(sockets=sockets)
+    else:
+        Multiprocess(config, sockets=sockets).run()
+    return 0
+
+
+def _bind(host: str, port: int, key: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}", key=key) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+# -- reference backends ----------------------------------------------------------------------
+
+
+def run_reference(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from shim.reference.app import create_reference_app
+
+    port = args.port if args.port is not None else (3100 if args.backend == "rust" else 4110)
+    app = create_reference_app(args.backend, latency_ms=args.latency_ms)
+    print(f"reference {args.backend} backend on http://{args.host}:{port}", file=sys.stderr)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+    )
+    return 0
+
+
+# -- flags -------------------------------------------------------------------------------
+
+
+def run_flags_table(args: argparse.Namespace) -> int:
+    settings, routes = _load(args)
+    store = FlagStore(settings.state_dir, routes, settings.pin)
+    state = store.read()
+    rows = [("ENDPOINT", "SERVE", "SHADOW", "CANARY%", "PINNED BY", "SOURCE", "LAST CHANGE")]
+    for name in routes.routes:
+        effective = resolve(state, routes, settings.pin, name)
+        flag = effective.flag
+        changed = f"{flag.changed_at} {flag.actor}" if flag.changed_at else "-"
+        rows.append(
+            (
+                name + (" (go-only)" if routes[name].go_only else ""),
+                flag.serve,
+                "on" if flag.shadow else "off",
+                "-" if flag.percent is None else str(flag.percent),
+                effective.pinned_by or "-",
+                effective.source,
+                changed,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print(f"\ngeneration {state.generation} · state {store.path}")
+    for name in routes.routes:
+        effective = resolve(state, routes, settings.pin, name)
+        if (
+            effective.pinned_by
+            and effective.runtime
+            and effective.runtime.serve != effective.flag.serve
+        ):
+            print(
+                f"warning: {name}: runtime flag says {effective.runtime.serve} but "
+                f"{effective.pinned_by}={effective.flag.serve} overrides it; the pin wins "
+                "after a restart too"
+            )
+    return 0
+
+
+def run_flags_set(args: argparse.Namespace) -> int:
+    settings, routes = _load(args)
+    store = FlagStore(settings.state_dir, routes, settings.pin)
+    percent = ... if args.percent is None else args.percent
+    change = store.set(
+        args.endpoint,
+        serve=args.backend,
+        shadow=args.shadow,
+        percent=percent,
+        actor=cli_actor(),
+        reason=args.reason,
+    )
+    if change is None:
+        print(f"{args.endpoint}: already {args.backend}; nothing changed")
+        return 0
+    print(
+        f"{change.endpoint}: {_describe(change.before)} -> {_describe(change.after)} "
+        f"(generation {change.generation}); every worker applies it within "
+        f"{settings.flag_poll_seconds + 0.5:.1f} s"
+    )
+    return 0
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    settings, routes = _load(args)
+    store = FlagStore(settings.state_dir, routes, settings.pin)
+    changes = store.rollback(args.endpoints or None, actor=cli_actor(), reason=args.reason)
+    if not changes:
+        print("nothing to roll back: every named endpoint is already on rust")
+    for change in changes:
+        print(
+            f"{change.endpoint}: {_describe(change.before)} -> {_describe(change.after)} "
+            f"(generation {change.generation})"
+        )
+    return 0
+
+
+def _describe(flag: object) -> str:
+    serve, shadow, percent = (getattr(flag, k) for k in ("serve", "shadow", "percent"))
+    parts = [serve]
+    if shadow:
+        parts.append("shadow")
+    if percent is not None:
+        parts.append(f"{percent}% go")
+    return "+".join(parts)
+
+
+# -- check -------------------------------------------------------------------------------
+
+
+def run_check(args: argparse.Namespace) -> int:
+    settings, routes = _load(args)
+    store = FlagStore(settings.state_dir, routes, settings.pin)
+    state = store.read()  # a corrupt state file is an error here, before a worker sees it
+    go_only = [name for name, route in routes.routes.items() if route.go_only]
+    print(
+        f"ok: {len(routes.routes)} endpoints ({len(go_only)} Go-only), "
+        f"route table {settings.resolved_routes_file()}, flag generation {state.generation}, "
+        f"pins {dict(settings.pin) or 'none'}"
+    )
+    return 0
+
+
+# -- demo --------------------------------------------------------------------------------
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Both reference backends and the shim as child processes; Ctrl-C stops all of them."""
+    environment = {
+        **os.environ,
+        "SHIM_RUST_URL": f"http://127.0.0.1:{args.rust_port}",
+        "SHIM_GO_URL": f"http://127.0.0.1:{args.go_port}",
+    }
+    python = [sys.executable, "-m", "shim"]
+    commands = [
+        [*python, "reference", "rust", "--port", str(args.rust_port)],
+        [*python, "reference", "go", "--port", str(args.go_port)],
+        [
+            *python,
+            "serve",
+            "--port",
+            str(args.port),
+            "--admin-port",
+            str(args.admin_port),
+            "--workers",
+            str(args.workers),
+        ],
+    ]
+    children: list[subprocess.Popen[bytes]] = []
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        for command in commands:
+            children.append(subprocess.Popen(command, env=environment))
+        for port in (args.rust_port, args.go_port, args.port, args.admin_port):
+            _wait_for_port(port, children)
+        _wait_for_http(f"http://127.0.0.1:{args.port}/_shim/healthz", children)
+        print(demo_banner(args), flush=True)
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        print("shim demo: a process exited; stopping the rest", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nshim demo: stopping", file=sys.stderr)
+        return 0
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 10
+        for child in children:
+            try:
+                child.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def _wait_for_port(port: int, children: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if any(child.poll() is not None for child in children):
+            raise ShimError(f"a demo process exited during start-up (is port {port} free?)")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise ShimError(f"nothing listens on 127.0.0.1:{port} after 30 s")
+
+
+def _wait_for_http(url: str, children: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            if any(child.poll() is not None for child in children):
+                raise ShimError("a demo process exited during start-up") from None
+            time.sleep(0.1)
+    raise ShimError(f"{url} did not answer in 30 s")
+
+
+def demo_banner(args: argparse.Namespace) -> str:
+    shim = f"http://127.0.0.1:{args.port}"
+    return f"""
+cutover-shim demo is up. Ctrl-C stops everything.
+
+  rust backend  http://127.0.0.1:{args.rust_port}     go backend  http://127.0.0.1:{args.go_port}
+  shim proxy    {shim}     admin       http://127.0.0.1:{args.admin_port}
+
+Try, from another terminal in this directory:
+
+  curl -si {shim}/ai/embed -d '{{"texts": ["forklift operator"]}}' | head -n 20
+  curl -s {shim}/_go/v1/embed -d '{{"texts": ["forklift operator"]}}' | head -c 300; echo
+  .venv/bin/shim flags set embed go --reason "demo cutover"
+  curl -si {shim}/ai/embed -d '{{"texts": ["forklift operator"]}}' | grep -i x-shim
+  .venv/bin/shim rollback embed
+  .venv/bin/shim flags
+"""

@@ -1,0 +1,141 @@
+"""The shim's error tree. Every error a client or operator sees is one of these.
+
+    ShimError                      status_code, code, message; rendered as JSON
+    ├── ConfigError                bad settings or route table (start-up; names the key)
+    ├── ClientError                4xx: the request is at fault
+    │   ├── BadRequest             400 bad_json / bad_shape / bad_path
+    │   ├── NotFound               404 not_found
+    │   ├── MethodNotAllowed       405 method_not_allowed
+    │   └── PayloadTooLarge        413 payload_too_large
+    ├── FlagError                  a flag change that is refused
+    │   ├── UnknownEndpoint        404 unknown_endpoint
+    │   ├── FlagRefused            422 flag_refused (e.g. a Go-only endpoint to rust)
+    │   └── FlagPinned             409 flag_pinned (names the SHIM_PIN__ variable)
+    └── BackendError               502 backend_error: the backend failed or answered badly
+        ├── BackendUnreachable     502 backend_unreachable
+        ├── BadBackendAnswer       502 bad_backend_answer
+        └── BackendTimeout         504 backend_timeout
+
+Errors from aiohttp are translated into BackendError at one place (`upstream.translate_errors`).
+"""
+
+from __future__ import annotations
+
+
+class ShimError(Exception):
+    """Base of every error the shim reports."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, dict[str, str]]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class ConfigError(ShimError):
+    """Settings or route table are invalid; `key` names the offending setting."""
+
+    code = "config_error"
+
+    def __init__(self, message: str, *, key: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+class ClientError(ShimError):
+    """The client's request is at fault (4xx)."""
+
+    status_code = 400
+    code = "bad_request"
+
+
+class BadRequest(ClientError):
+    """Bad JSON, a body of the wrong shape, or a path the shim will not forward."""
+
+    def __init__(self, message: str, *, code: str = "bad_request") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class NotFound(ClientError):
+    """No route serves this path (the shim is never an open proxy)."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(ClientError):
+    """The path is routed but not for this method."""
+
+    status_code = 405
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allowed: frozenset[str]) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+
+class PayloadTooLarge(ClientError):
+    """A JSON body on a rewriting route is over SHIM_MAX_JSON_BYTES."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class FlagError(ShimError):
+    """A flag change that is refused."""
+
+    status_code = 422
+    code = "flag_refused"
+
+
+class UnknownEndpoint(FlagError):
+    """No endpoint of that name in the route table."""
+
+    status_code = 404
+    code = "unknown_endpoint"
+
+
+class FlagRefused(FlagError):
+    """The change is invalid for this endpoint (e.g. a Go-only endpoint to rust)."""
+
+
+class FlagPinned(FlagError):
+    """An environment pin (systemd drop-in) fixes this endpoint's backend."""
+
+    status_code = 409
+    code = "flag_pinned"
+
+    def __init__(self, message: str, *, variable: str) -> None:
+        super().__init__(message)
+        self.variable = variable
+
+
+class BackendError(ShimError):
+    """The backend failed or answered something the shim cannot pass on."""
+
+    status_code = 502
+    code = "backend_error"
+
+
+class BackendUnreachable(BackendError):
+    """Could not connect to the backend, or it dropped the connection."""
+
+    code = "backend_unreachable"
+
+
+class BadBackendAnswer(BackendError):
+    """The backend's answer is not valid JSON or not of its dialect's shape."""
+
+    code = "bad_backend_answer"
+
+
+class BackendTimeout(BackendError):
+    """The backend did not answer within the route's timeout."""
+
+    status_code = 504
+    code = "backend_timeout"

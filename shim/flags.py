@@ -1,0 +1,374 @@
+"""Which backend serves each endpoint: the flag store on disk and each worker's view of it.
+
+One JSON file in SHIM_STATE_DIR holds every runtime change. Writers (CLI, admin API) take
+an exclusive lock, bump a generation number, write a temp file, fsync and rename it, so a
+crash mid-write never leaves a torn file and two writers never lose an update. Every change
+appends one line to `audit.jsonl`. Workers poll the file's identity (a `stat`, no read) and
+reload it in a thread when it changes; a file that fails to load is never served: the
+worker keeps its last good state. Precedence: environment pin > file > route default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import pwd
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from types import EllipsisType
+from typing import Any
+
+import orjson
+
+from shim.errors import ConfigError, FlagPinned, FlagRefused, ShimError, UnknownEndpoint
+from shim.routes import RouteTable
+from shim.types import BACKENDS, Backend
+
+log = logging.getLogger("shim.flags")
+
+FLAGS_FILE = "flags.json"
+AUDIT_FILE = "audit.jsonl"
+LOCK_FILE = "flags.lock"
+FORMAT_VERSION = 1
+
+
+class FlagStateError(ShimError):
+    """The flag file exists but cannot be used (corrupt, half-written, wrong format)."""
+
+    code = "flag_state_corrupt"
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """An endpoint's runtime setting, with who changed it last."""
+
+    serve: Backend
+    shadow: bool = False
+    percent: int | None = None
+    changed_at: str | None = None
+    actor: str | None = None
+    reason: str | None = None
+
+    def settings(self) -> dict[str, Any]:
+        return {"serve": self.serve, "shadow": self.shadow, "percent": self.percent}
+
+
+@dataclass(frozen=True, slots=True)
+class FlagState:
+    """Everything in the flag file: a generation and the endpoints changed at run time."""
+
+    generation: int = 0
+    flags: Mapping[str, Flag] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class EffectiveFlag:
+    """What actually decides an endpoint's traffic, and why."""
+
+    endpoint: str
+    flag: Flag
+    source: str  # "pin", "runtime" or "default"
+    pinned_by: str | None = None
+    runtime: Flag | None = None  # the file's value, also when a pin overrides it
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One audited change of one endpoint."""
+
+    endpoint: str
+    before: Flag
+    after: Flag
+    generation: int
+
+
+def pin_variable(endpoint: str) -> str:
+    return f"SHIM_PIN__{endpoint.upper()}"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def resolve(
+    state: FlagState, routes: RouteTable, pins: Mapping[str, Backend], endpoint: str
+) -> EffectiveFlag:
+    """The flag in force for `endpoint`: pin, else runtime state, else the route default."""
+    runtime = state.flags.get(endpoint)
+    pinned = pins.get(endpoint)
+    if pinned is not None:
+        base = runtime or Flag(serve=pinned)
+        flag = replace(base, serve=pinned, percent=None)
+        return EffectiveFlag(endpoint, flag, "pin", pin_variable(endpoint), runtime)
+    if runtime is not None:
+        return EffectiveFlag(endpoint, runtime, "runtime", None, runtime)
+    return EffectiveFlag(endpoint, Flag(serve=routes[endpoint].default), "default")
+
+
+def parse_state(raw: bytes, routes: RouteTable) -> FlagState:
+    """Parse the flag file; FlagStateError on anything that is not a complete, valid state."""
+    try:
+        document = orjson.loads(raw)
+        if document.get("version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported format version {document.get('version')!r}")
+        generation = document["generation"]
+        if not isinstance(generation, int) or generation < 0:
+            raise ValueError("generation must be a non-negative integer")
+        flags = {}
+        for endpoint, spec in document["flags"].items():
+            flag = Flag(**spec)
+            if flag.serve not in BACKENDS:
+                raise ValueError(f"{endpoint}: serve must be rust or go")
+            if endpoint in routes:  # an endpoint dropped from the route table is ignored
+                flags[endpoint] = flag
+        return FlagState(generation, flags)
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise FlagStateError(f"flag file is not a valid state: {exc}") from None
+
+
+class FlagStore:
+    """Reads and writes the flag file; the only writer of `flags.json` and `audit.jsonl`."""
+
+    def __init__(self, state_dir: Path, routes: RouteTable, pins: Mapping[str, Backend]) -> None:
+        self.state_dir = state_dir
+        self.routes = routes
+        self.pins = dict(pins)
+        self.path = state_dir / FLAGS_FILE
+        self.audit_path = state_dir / AUDIT_FILE
+
+    def read(self) -> FlagState:
+        """The current state (an absent file is the empty state at generation 0)."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return FlagState()
+        return parse_state(raw, self.routes)
+
+    def effective(self, endpoint: str, state: FlagState | None = None) -> EffectiveFlag:
+        return resolve(state or self.read(), self.routes, self.pins, endpoint)
+
+    def set(
+        self,
+        endpoint: str,
+        *,
+        serve: Backend | None = None,
+        shadow: bool | None = None,
+        percent: int | EllipsisType | None = ...,
+        actor: str,
+        reason: str | None = None,
+    ) -> Change | None:
+        """Change one endpoint's flag (fields left out keep their value); None if no change.
+
+        Raises UnknownEndpoint, FlagRefused (Go-only endpoint to rust, bad percent) or
+        FlagPinned (an environment pin fixes the backend).
+        """
+        self._check(endpoint, serve, percent)
+        with self._locked():
+            state = self.read()
+            before = resolve(state, self.routes, self.pins, endpoint)
+            current = before.runtime or before.flag
+            after = Flag(
+                serve=serve or current.serve,
+                shadow=current.shadow if shadow is None else shadow,
+                percent=current.percent if isinstance(percent, EllipsisType) else percent,
+                changed_at=now_iso(),
+                actor=actor,
+                reason=reason,
+            )
+            if after.settings() == current.settings():
+                return None
+            changes = self._commit(state, {endpoint: after}, before={endpoint: current})
+        return changes[0]
+
+    def rollback(
+        self, endpoints: list[str] | None, *, actor: str, reason: str | None = None
+    ) -> list[Change]:
+        """Send the named endpoints (all when None) back to rust in one write.
+
+        Go-only endpoints are skipped when none are named and refused when named.
+        """
+        names = (
+            endpoints if endpoints else [n for n, r in self.routes.routes.items() if not r.go_only]
+        )
+        for name in names:
+            self._check(name, "rust", ...)
+        with self._locked():
+            state = self.read()
+            before = {n: resolve(state, self.routes, self.pins, n) for n in names}
+            updates = {}
+            for name, effective in before.items():
+                current = effective.runtime or effective.flag
+                target = Flag("rust", current.shadow, None, now_iso(), actor, reason)
+                if target.settings() != current.settings():
+                    updates[name] = target
+            if not updates:
+                return []
+            prior = {n: before[n].runtime or before[n].flag for n in updates}
+            return self._commit(state, updates, before=prior)
+
+    def _check(self, endpoint: str, serve: Backend | None, percent: object) -> None:
+        if endpoint not in self.routes:
+            known = ", ".join(sorted(self.routes.routes))
+            raise UnknownEndpoint(f"no endpoint {endpoint!r} in the route table ({known})")
+        if serve is not None and serve not in BACKENDS:
+            raise FlagRefused(f"serve must be rust or go, not {serve!r}")
+        if serve == "rust" and self.routes[endpoint].go_only:
+            raise FlagRefused(f"{endpoint} is Go-only: it has no Rust backend to serve it")
+        if percent not in (None, ...) and (
+            isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100
+        ):
+            raise FlagRefused("percent must be a whole number from 0 to 100, or absent")
+        if endpoint in self.pins and (serve is not None or percent not in (None, ...)):
+            variable = pin_variable(endpoint)
+            raise FlagPinned(
+                f"{endpoint} is pinned to {self.pins[endpoint]} by {variable}; remove the pin "
+                "(systemd drop-in) and restart to change it at run time",
+                variable=variable,
+            )
+
+    def _commit(
+        self, state: FlagState, updates: Mapping[str, Flag], *, before: Mapping[str, Flag]
+    ) -> list[Change]:
+        generation = state.generation + 1
+        flags = {**state.flags, **updates}
+        document = {
+            "version": FORMAT_VERSION,
+            "generation": generation,
+            "flags": {name: asdict(flag) for name, flag in sorted(flags.items())},
+        }
+        atomic_write(self.path, orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+        changes = [Change(n, before[n], updates[n], generation) for n in updates]
+        with self.audit_path.open("ab") as audit:
+            for change in changes:
+                audit.write(orjson.dumps(audit_record(change)) + b"\n")
+            audit.flush()
+            os.fsync(audit.fileno())
+        return changes
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with (self.state_dir / LOCK_FILE).open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def audit_record(change: Change) -> dict[str, Any]:
+    return {
+        "time": change.after.changed_at,
+        "endpoint": change.endpoint,
+        "before": change.before.settings(),
+        "after": change.after.settings(),
+        "actor": change.after.actor,
+        "reason": change.after.reason,
+        "generation": change.generation,
+    }
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so readers see the old file or the new one, never a part."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with temporary.open("wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+class FlagView:
+    """A worker's in-memory view of the flags: lookups on the request path do no I/O.
+
+    `watch()` runs for the worker's lifetime and reloads the file when its identity changes.
+    """
+
+    def __init__(self, store: FlagStore, *, poll_seconds: float) -> None:
+        self.store = store
+        self.poll_seconds = poll_seconds
+        self.state = FlagState()
+        self.load_errors = 0
+        self._serving: dict[str, Backend] = {}
+        self._identity: tuple[int, int, int] | None = None
+        self._reindex()
+
+    def serving(self, endpoint: str) -> Backend:
+        """The backend serving `endpoint` now (a dict lookup)."""
+        return self._serving[endpoint]
+
+    def effective(self, endpoint: str) -> EffectiveFlag:
+        return resolve(self.state, self.store.routes, self.store.pins, endpoint)
+
+    def refresh(self) -> bool:
+        """Reload the file if it changed; True when a new state was applied."""
+        identity = self._stat()
+        if identity == self._identity:
+            return False
+        try:
+            state = self.store.read()
+        except (FlagStateError, OSError) as exc:
+            self.load_errors += 1
+            log.error(
+                "flag file not applied, keeping generation %d: %s", self.state.generation, exc
+            )
+            self._identity = identity  # do not re-read the same bad file every poll
+            return False
+        self._identity = identity
+        if state.generation < self.state.generation:
+            log.warning(
+                "flag file generation went back from %d to %d",
+                self.state.generation,
+                state.generation,
+            )
+        self.state = state
+        self._reindex()
+        return True
+
+    async def watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_seconds)
+            if self._stat() != self._identity:
+                await asyncio.to_thread(self.refresh)
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.store.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _reindex(self) -> None:
+        self._serving = {name: self.effective(name).flag.serve for name in self.store.routes.routes}
+
+
+def cli_actor() -> str:
+    """Who runs a CLI command, for the audit trail."""
+    user = os.environ.get("SUDO_USER") or os.environ.get("USER")
+    if not user:
+        try:
+            user = pwd.getpwuid(os.getuid()).pw_name
+        except KeyError:
+            user = str(os.getuid())
+    return f"cli:{user}"
+
+
+def check_pins(pins: Mapping[str, Backend], routes: RouteTable) -> None:
+    """Pins must name known endpoints and a backend that can serve them (start-up check)."""
+    for endpoint, backend in pins.items():
+        if endpoint not in routes:
+            raise ConfigError(f"pins unknown endpoint {endpoint!r}", key=pin_variable(endpoint))
+        if backend == "rust" and routes[endpoint].go_only:
+            raise ConfigError(
+                f"{endpoint} is Go-only and cannot be pinned to rust", key=pin_variable(endpoint)
+            )

@@ -1,0 +1,110 @@
+"""Header policy, in one place: what crosses the shim in each direction.
+
+Hop-by-hop headers (RFC 9110 §7.6.1) and every header named in `Connection` are dropped
+both ways. `Host`, `Content-Length` and `Expect` are never copied to a backend: the
+upstream client frames the body it actually sends. Repeated headers stay repeated.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+# A rewritten body is ours: the client's encoding and type negotiation do not apply to it.
+NOT_FORWARDED_ON_REWRITE = NOT_FORWARDED | {b"accept-encoding", b"content-type"}
+# uvicorn writes its own Date; framing of a rewritten body is fresh.
+NOT_RETURNED = HOP_BY_HOP | {b"date"}
+NOT_RETURNED_ON_REWRITE = NOT_RETURNED | {b"content-length", b"content-encoding", b"content-type"}
+VIA = "1.1 cutover-shim"
+
+RawHeaders = list[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class ClientRequest:
+    """What the proxy needs from a client's headers, read in one pass."""
+
+    forward: list[tuple[str, str]]
+    request_id: str
+    content_length: int | None
+
+
+def connection_tokens(headers: RawHeaders) -> frozenset[bytes]:
+    """Header names listed in `Connection` (they are hop-by-hop for this message only)."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return frozenset(tokens)
+
+
+def client_request(
+    headers: RawHeaders, *, client_host: str | None, scheme: str, rewrite: bool
+) -> ClientRequest:
+    """Headers to send upstream, plus the request id and declared length.
+
+    Adds `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `Via` and `X-Request-ID` (the
+    client's, or a new one).
+    """
+    dropped = NOT_FORWARDED_ON_REWRITE if rewrite else NOT_FORWARDED
+    named = connection_tokens(headers)
+    forward: list[tuple[str, str]] = []
+    request_id = forwarded_for = forwarded_proto = via = None
+    content_length: int | None = None
+    for raw_name, raw_value in headers:
+        name = raw_name.lower()
+        if name == b"content-length":
+            content_length = int(raw_value) if raw_value.isdigit() else None
+        if name in dropped or name in named:
+            continue
+        value = raw_value.decode("latin-1")
+        if name == b"x-request-id":
+            request_id = value
+        elif name == b"x-forwarded-for":
+            forwarded_for = value
+        elif name == b"x-forwarded-proto":
+            forwarded_proto = value
+        elif name == b"via":
+            via = value
+        else:
+            forward.append((raw_name.decode("latin-1"), value))
+    request_id = request_id or uuid.uuid4().hex
+    if client_host:
+        forwarded_for = f"{forwarded_for}, {client_host}" if forwarded_for else client_host
+    if forwarded_for:
+        forward.append(("X-Forwarded-For", forwarded_for))
+    forward.append(("X-Forwarded-Proto", forwarded_proto or scheme))
+    forward.append(("Via", f"{via}, {VIA}" if via else VIA))
+    forward.append(("X-Request-ID", request_id))
+    return ClientRequest(forward, request_id, content_length)
+
+
+def backend_response(headers: RawHeaders, *, rewrite: bool) -> RawHeaders:
+    """A backend's response headers as the client may see them (repeats kept)."""
+    dropped = NOT_RETURNED_ON_REWRITE if rewrite else NOT_RETURNED
+    named = connection_tokens(headers)
+    return [(n, v) for n, v in headers if (low := n.lower()) not in dropped and low not in named]
+
+
+def shim_headers(request_id: str, endpoint: str | None, backend: str | None) -> RawHeaders:
+    """The headers the shim puts on every answer it gives."""
+    headers = [(b"x-request-id", request_id.encode("latin-1"))]
+    if endpoint:
+        headers.append((b"x-shim-endpoint", endpoint.encode()))
+    if backend:
+        headers.append((b"x-shim-backend", backend.encode()))
+    return headers

@@ -1,0 +1,258 @@
+"""The route table: parsed once at start-up into immutable objects, matched per request.
+
+A request path is matched in its raw (not percent-decoded) form, so what reaches a backend
+is exactly what the client sent for a `{key:path}` parameter, and `%2e%2e` can never turn
+into a dot-segment on the way.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from adapters.base import Adapter
+from adapters.errors import OptionsError
+from adapters.registry import ADAPTERS
+from shim.errors import ConfigError
+from shim.types import BACKENDS, Backend
+
+GO_PREFIX = "/_go"
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+READ_ONLY: Literal["read-only"] = "read-only"
+_PARAMETER = re.compile(r"\{([a-z_][a-z0-9_]*)(:path)?\}")
+_ROUTE_KEYS = frozenset(
+    {"adapter", "default", "idempotent", "rust", "go", "options"}
+    | {"connect_timeout", "read_timeout"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Face:
+    """One dialect's path template and methods for an endpoint."""
+
+    template: str
+    methods: frozenset[str]
+    pattern: re.Pattern[str] | None  # None: a static path, matched by dict lookup
+
+    def render(self, params: Mapping[str, str]) -> str:
+        """The concrete path for `params` (raw, as matched)."""
+        if self.pattern is None:
+            return self.template
+        return _PARAMETER.sub(lambda m: params[m.group(1)], self.template)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One endpoint: its faces, adapter and policy."""
+
+    name: str
+    faces: Mapping[Backend, Face]
+    default: Backend
+    adapter: Adapter | None
+    options: Any
+    idempotent_methods: frozenset[str]
+    read_only_sql: bool
+    connect_timeout: float | None
+    read_timeout: float | None
+
+    @property
+    def go_only(self) -> bool:
+        return "rust" not in self.faces
+
+    def needs_rewrite(self, client: Backend, backend: Backend) -> bool:
+        """The one decision between streaming bytes untouched and parsing the body."""
+        if self.adapter is None:
+            return False
+        return self.adapter.needs_rewrite(client=client, backend=backend, options=self.options)
+
+    def losses(self, client: Backend, backend: Backend) -> str | None:
+        if self.adapter is None:
+            return None
+        return self.adapter.losses(client=client, backend=backend, options=self.options)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """A request path resolved to an endpoint and the dialect the client speaks."""
+
+    route: Route
+    client: Backend
+    params: Mapping[str, str]
+
+    @property
+    def face(self) -> Face:
+        return self.route.faces[self.client]
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    """All routes, with indexes built once for matching."""
+
+    routes: Mapping[str, Route]
+    _static: Mapping[tuple[str, Backend], Route] = field(repr=False)
+    _patterns: tuple[tuple[re.Pattern[str], Backend, Route], ...] = field(repr=False)
+
+    def match(self, raw_path: str) -> RouteMatch | None:
+        """Resolve a raw request path; Go faces match bare and under `/_go`."""
+        if raw_path.startswith(GO_PREFIX + "/"):
+            return self._match(raw_path[len(GO_PREFIX) :], ("go",))
+        return self._match(raw_path, BACKENDS)
+
+    def _match(self, path: str, dialects: tuple[Backend, ...]) -> RouteMatch | None:
+        for dialect in dialects:
+            route = self._static.get((path, dialect))
+            if route is not None:
+                return RouteMatch(route, dialect, {})
+        for pattern, dialect, route in self._patterns:
+            if dialect in dialects and (found := pattern.fullmatch(path)):
+                return RouteMatch(route, dialect, found.groupdict())
+        return None
+
+    def __getitem__(self, name: str) -> Route:
+        return self.routes[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.routes
+
+
+def load_routes(path: Path) -> RouteTable:
+    """Read and validate a route table file; ConfigError names the first bad key."""
+    try:
+        with path.open("rb") as file:
+            document = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"cannot read route table: {exc.strerror}", key=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", key=str(path)) from None
+    return parse_routes(document)
+
+
+def parse_routes(document: Mapping[str, Any]) -> RouteTable:
+    """Validate a parsed route table document into a RouteTable."""
+    unknown = set(document) - {"routes"}
+    if unknown:
+        raise ConfigError("unknown top-level key", key=sorted(unknown)[0])
+    table = document.get("routes")
+    if not isinstance(table, Mapping) or not table:
+        raise ConfigError("the route table must declare at least one [routes.NAME]", key="routes")
+    routes = {name: _parse_route(name, spec) for name, spec in table.items()}
+    return _index(routes)
+
+
+def _parse_route(name: str, spec: Any) -> Route:
+    key = f"routes.{name}"
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise ConfigError("endpoint names are lower_snake_case", key=key)
+    if not isinstance(spec, Mapping):
+        raise ConfigError("must be a table", key=key)
+    unknown = set(spec) - _ROUTE_KEYS
+    if unknown:
+        raise ConfigError("unknown key", key=f"{key}.{sorted(unknown)[0]}")
+    faces = {b: _parse_face(f"{key}.{b}", spec[b]) for b in BACKENDS if b in spec}
+    if "go" not in faces:
+        raise ConfigError("every endpoint needs a go face", key=f"{key}.go")
+    default = spec.get("default", "rust" if "rust" in faces else "go")
+    if default not in faces:
+        raise ConfigError(f"must be one of {sorted(faces)}", key=f"{key}.default")
+    adapter_name = spec.get("adapter", "none")
+    adapter = None if adapter_name == "none" else ADAPTERS.get(adapter_name)
+    if adapter_name != "none" and adapter is None:
+        choices = ", ".join(["none", *sorted(ADAPTERS)])
+        raise ConfigError(f"unknown adapter {adapter_name!r} ({choices})", key=f"{key}.adapter")
+    options_spec = spec.get("options", {})
+    if not isinstance(options_spec, Mapping):
+        raise ConfigError("must be a table", key=f"{key}.options")
+    if adapter is None and options_spec:
+        raise ConfigError("a route without an adapter takes no options", key=f"{key}.options")
+    try:
+        options = adapter.parse_options(options_spec) if adapter else None
+    except OptionsError as exc:
+        raise ConfigError(exc.message, key=f"{key}.options.{exc.field}") from None
+    methods = frozenset().union(*(face.methods for face in faces.values()))
+    idempotent_methods, read_only_sql = _parse_idempotent(spec.get("idempotent"), methods, key)
+    return Route(
+        name=name,
+        faces=faces,
+        default=default,
+        adapter=adapter,
+        options=options,
+        idempotent_methods=idempotent_methods,
+        read_only_sql=read_only_sql,
+        connect_timeout=_seconds(spec, "connect_timeout", key),
+        read_timeout=_seconds(spec, "read_timeout", key),
+    )
+
+
+def _parse_face(key: str, spec: Any) -> Face:
+    if not isinstance(spec, Mapping) or set(spec) - {"path", "methods"}:
+        raise ConfigError('must be { path = "/...", methods = [...] }', key=key)
+    template = spec.get("path")
+    if not isinstance(template, str) or not template.startswith("/") or "//" in template:
+        raise ConfigError('must be an absolute path such as "/v1/embed"', key=f"{key}.path")
+    if template.startswith(GO_PREFIX + "/") or template.startswith("/_shim"):
+        raise ConfigError("the /_go and /_shim prefixes are the shim's own", key=f"{key}.path")
+    methods = spec.get("methods")
+    if not isinstance(methods, list) or not methods or not set(methods) <= HTTP_METHODS:
+        raise ConfigError(f"must be a list of {sorted(HTTP_METHODS)}", key=f"{key}.methods")
+    return Face(template, frozenset(methods), _compile(template, key))
+
+
+def _compile(template: str, key: str) -> re.Pattern[str] | None:
+    if "{" not in template:
+        return None
+    pattern, position = "", 0
+    for found in _PARAMETER.finditer(template):
+        pattern += re.escape(template[position : found.start()])
+        pattern += f"(?P<{found.group(1)}>.+)" if found.group(2) else f"(?P<{found.group(1)}>[^/]+)"
+        position = found.end()
+    rest = template[position:]
+    if "{" in rest or "}" in rest:
+        raise ConfigError("bad parameter: use {name} or {name:path}", key=f"{key}.path")
+    return re.compile(pattern + re.escape(rest))
+
+
+def _parse_idempotent(value: Any, methods: frozenset[str], key: str) -> tuple[frozenset[str], bool]:
+    if value is True:
+        return methods, False
+    if value is False or value is None:
+        return frozenset(), False
+    if value == READ_ONLY:
+        return methods, True
+    if isinstance(value, list) and set(value) <= methods:
+        return frozenset(value), False
+    raise ConfigError(
+        'must be true, false, "read-only" or a list of the route\'s methods',
+        key=f"{key}.idempotent",
+    )
+
+
+def _seconds(spec: Mapping[str, Any], name: str, key: str) -> float | None:
+    value = spec.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError("must be a positive number of seconds", key=f"{key}.{name}")
+    return float(value)
+
+
+def _index(routes: Mapping[str, Route]) -> RouteTable:
+    static: dict[tuple[str, Backend], Route] = {}
+    patterns: list[tuple[re.Pattern[str], Backend, Route]] = []
+    seen: dict[str, str] = {}
+    for route in routes.values():
+        for dialect, face in route.faces.items():
+            if face.template in seen:
+                raise ConfigError(
+                    f"path {face.template} is already used by {seen[face.template]}",
+                    key=f"routes.{route.name}.{dialect}.path",
+                )
+            seen[face.template] = route.name
+            if face.pattern is None:
+                static[(face.template, dialect)] = route
+            else:
+                patterns.append((face.pattern, dialect, route))
+    return RouteTable(dict(routes), static, tuple(patterns))

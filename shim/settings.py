@@ -1,0 +1,126 @@
+"""Settings: environment (`SHIM_*`, nested with `__`) > TOML file > built-in defaults.
+
+The TOML file is `--config`, else `SHIM_CONFIG`, else `config/shim.toml`. Spawned workers
+re-import the app and see only the environment, so the CLI exports what it was given.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from shim.errors import ConfigError
+from shim.types import Backend
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = Path("config/shim.toml")
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Field `x` is env `SHIM_X` and TOML key `x`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SHIM_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    rust_url: str = "http://127.0.0.1:3100"
+    go_url: str = "http://127.0.0.1:4110"
+    host: str = "127.0.0.1"
+    port: int = Field(4120, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    admin_host: str = "127.0.0.1"
+    admin_port: int = Field(4121, ge=0, le=65535)
+    state_dir: Path = Path("state")
+    admin_token: SecretStr | None = None
+    pin: dict[str, Backend] = Field(default_factory=dict)
+    routes_file: Path = Path("config/routes.toml")
+    max_json_bytes: int = Field(16 * MiB, ge=1024)
+    parity_gate: bool = True
+    connect_timeout: float = Field(2.0, gt=0)
+    read_timeout: float = Field(30.0, gt=0)
+    max_connections_per_backend: int = Field(256, ge=1)
+    flag_poll_seconds: float = Field(0.2, gt=0, le=1.0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True
+
+    @field_validator("rust_url", "go_url")
+    @classmethod
+    def _http_base_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")) or "?" in value or "#" in value:
+            raise ValueError("must be an http:// or https:// base URL without query")
+        return value.rstrip("/")
+
+    @field_validator("pin")
+    @classmethod
+    def _lowercase_endpoints(cls, value: dict[str, Backend]) -> dict[str, Backend]:
+        return {endpoint.lower(): backend for endpoint, backend in value.items()}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Precedence, highest first: explicit arguments, environment, the TOML file."""
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    def backend_url(self, backend: Backend) -> str:
+        return self.rust_url if backend == "rust" else self.go_url
+
+    def resolved_routes_file(self) -> Path:
+        """The route table path; a relative one is tried in the working directory, then in
+        the project checkout, so `shim` works from anywhere in a development install."""
+        return _existing(self.routes_file)
+
+
+def _existing(path: Path) -> Path:
+    if path.is_absolute() or path.exists():
+        return path
+    fallback = PROJECT_ROOT / path
+    return fallback if fallback.exists() else path
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The TOML file to read: explicit, else SHIM_CONFIG, else the default if it exists."""
+    chosen = explicit or os.environ.get("SHIM_CONFIG")
+    if chosen:
+        path = Path(chosen)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist", key="SHIM_CONFIG")
+        return path.resolve()
+    default = _existing(DEFAULT_CONFIG)
+    return default.resolve() if default.is_file() else None
+
+
+def load_settings(config: str | os.PathLike[str] | None = None, **overrides: object) -> Settings:
+    """Build Settings from the environment, the TOML file and `overrides` (CLI flags).
+
+    Raises ConfigError naming the first bad key, so the CLI prints one line, not a traceback.
+    """
+    path = config_path(config)
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(toml_file=path)
+
+    try:
+        return _FromFile(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"]) or "settings"
+        env_name = "SHIM_" + "__".join(str(part) for part in error["loc"]).upper()
+        raise ConfigError(f"{error['msg']} (env {env_name})", key=key) from None
+    except (OSError, ValueError) as exc:  # unreadable or malformed TOML
+        raise ConfigError(str(exc), key=str(path)) from None
