@@ -15,14 +15,17 @@ def as_matrix(rows: Any, *, field: str) -> np.ndarray:
     Rejects ragged rows, strings, nested objects and non-finite values with the field's path,
     so a bad batch is one clear error rather than a numpy traceback.
     """
-    if not isinstance(rows, list):
+    if isinstance(rows, np.ndarray):  # already translated once (round-trips, chained adapters)
+        matrix = rows
+    elif not isinstance(rows, list):
         raise ShapeError(f"{field} must be a list of vectors", field=field)
-    if not rows:
+    elif not rows:
         return np.zeros((0, 0), dtype=np.float64)
-    try:
-        matrix = np.array(rows)
-    except ValueError as exc:  # ragged: rows of different lengths
-        raise ShapeError(f"{field} rows must all have the same length", field=field) from exc
+    else:
+        try:
+            matrix = np.array(rows)
+        except ValueError as exc:  # ragged: rows of different lengths
+            raise ShapeError(f"{field} rows must all have the same length", field=field) from exc
     if matrix.ndim != 2 or matrix.dtype.kind not in "fiu":
         raise ShapeError(f"{field} must be a list of lists of numbers", field=field)
     matrix = matrix.astype(np.float64, copy=False)

@@ -404,12 +404,12 @@ cutover-shim demo is up. Ctrl-C stops everything.
   rust backend  http://127.0.0.1:{args.rust_port}     go backend  http://127.0.0.1:{args.go_port}
   shim proxy    {shim}     admin       http://127.0.0.1:{args.admin_port}
 
-Try, from another terminal in this directory:
+Try, from another terminal in this directory (the README's demo tour has more):
 
-  curl -si {shim}/ai/embed -d '{{"texts": ["forklift operator"]}}' | head -n 20
-  curl -s {shim}/_go/v1/embed -d '{{"texts": ["forklift operator"]}}' | head -c 300; echo
+  curl -si {shim}/ai/embed -d '{{"texts": ["forklift operator"]}}' | head -n 8
+  curl -s {shim}/_go/v1/embed -d '{{"texts": ["forklift operator"]}}' | head -c 120; echo
   .venv/bin/shim flags set embed go --reason "demo cutover"
-  curl -si {shim}/ai/embed -d '{{"texts": ["forklift operator"]}}' | grep -i x-shim
-  .venv/bin/shim rollback embed
+  curl -si {shim}/ai/embed -d '{{"texts": ["forklift operator"]}}' | grep -i x-shim-backend
+  .venv/bin/shim rollback embed --reason "demo rollback"
   .venv/bin/shim flags
 """

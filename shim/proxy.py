@@ -80,7 +80,8 @@ class Proxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path = scope.get("raw_path")
-        path = raw_path.decode("latin-1") if raw_path else scope["path"]
+        # Some servers (and httpx's ASGITransport) leave the query string in raw_path.
+        path = raw_path.partition(b"?")[0].decode("latin-1") if raw_path else scope["path"]
         exchange = Exchange(scope["method"], path, time.perf_counter())
         try:
             await self._handle(scope, receive, send, exchange)

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import Shim, reference, testing_backend
+
+
+@pytest.fixture(scope="session")
+def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The reference Rust and Go backends, shared by the whole session."""
+    tmp = tmp_path_factory.mktemp("backends")
+    rust, rust_url = reference("rust", tmp)
+    go, go_url = reference("go", tmp)
+    yield {"rust": rust_url, "go": go_url}
+    rust.stop()
+    go.stop()
+
+
+@pytest.fixture(scope="session")
+def echo_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server, url = testing_backend(tmp_path_factory.mktemp("echo"))
+    yield url
+    server.stop()
+
+
+@pytest.fixture
+def start_shim(tmp_path: Path, backends: dict[str, str]) -> Iterator[Callable[..., Shim]]:
+    """Factory: start `shim serve` against the reference backends (or given URLs)."""
+    started: list[Shim] = []
+
+    def start(**options: object) -> Shim:
+        options.setdefault("rust_url", backends["rust"])
+        options.setdefault("go_url", backends["go"])
+        shim = Shim(tmp_path, **options).start()  # type: ignore[arg-type]
+        started.append(shim)
+        return shim
+
+    yield start
+    for shim in started:
+        shim.stop()

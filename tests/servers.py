@@ -1,0 +1,148 @@
+"""Real servers on loopback ephemeral ports, started and stopped by the tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIM = [sys.executable, "-m", "shim"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A child process serving HTTP; `start()` returns once `ready_url` answers."""
+
+    def __init__(
+        self, command: list[str], *, ready_url: str, env: dict[str, str], log: Path, cwd: Path
+    ) -> None:
+        self.command, self.ready_url, self.env, self.log, self.cwd = (
+            command,
+            ready_url,
+            env,
+            log,
+            cwd,
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> Server:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.command} exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.ready_url, timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.ready_url} not ready in {timeout} s:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """The environment a child sees: ours minus SHIM_* leftovers, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHIM_")}
+    env.update(extra)
+    return env
+
+
+def reference(backend: str, tmp: Path, *, latency_ms: float = 0) -> tuple[Server, str]:
+    port = free_port()
+    command = [*SHIM, "reference", backend, "--port", str(port)]
+    if latency_ms:
+        command += ["--latency-ms", str(latency_ms)]
+    url = f"http://127.0.0.1:{port}"
+    server = Server(
+        command, ready_url=f"{url}/health", env=base_env(), log=tmp / f"{backend}.log", cwd=ROOT
+    )
+    return server.start(), url
+
+
+def testing_backend(tmp: Path) -> tuple[Server, str]:
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "testing_backend:app",
+        "--port",
+        str(port),
+        "--app-dir",
+        str(ROOT / "tests" / "backends"),
+        "--log-level",
+        "warning",
+    ]
+    url = f"http://127.0.0.1:{port}"
+    server = Server(command, ready_url=f"{url}/", env=base_env(), log=tmp / "testing.log", cwd=ROOT)
+    return server.start(), url
+
+
+class Shim:
+    """`shim serve` as a child process, with its own state dir and ports."""
+
+    def __init__(
+        self, tmp: Path, *, rust_url: str, go_url: str, workers: int = 1, **env: str
+    ) -> None:
+        self.port, self.admin_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_url = f"http://127.0.0.1:{self.admin_port}"
+        self.state_dir = tmp / "state"
+        self.env = base_env(
+            SHIM_RUST_URL=rust_url,
+            SHIM_GO_URL=go_url,
+            SHIM_STATE_DIR=str(self.state_dir),
+            SHIM_PORT=str(self.port),
+            SHIM_ADMIN_PORT=str(self.admin_port),
+            SHIM_WORKERS=str(workers),
+            **env,
+        )
+        self.server = Server(
+            [*SHIM, "serve"],
+            ready_url=f"{self.url}/_shim/healthz",
+            env=self.env,
+            log=tmp / "shim.log",
+            cwd=ROOT,
+        )
+
+    def start(self) -> Shim:
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run `shim ARGS` with this server's settings, as an operator would."""
+        result = subprocess.run(
+            [*SHIM, *args], env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"shim {args} failed: {result.stdout}{result.stderr}")
+        return result

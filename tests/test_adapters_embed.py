@@ -1,0 +1,158 @@
+"""The embed adapter, without a server: table cases and hypothesis round-trips."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from adapters.embed import EMBED, EmbedOptions
+from adapters.errors import NonFiniteError, ShapeError
+
+OPTIONS = EmbedOptions(default_model={"rust": "nomic-embed-text", "go": "nomic-embed-text-v2-moe"})
+NORMALISING = EmbedOptions(default_model=OPTIONS.default_model, normalize_go_face=True)
+
+
+def go_answer(vectors: list[list[float]], **extra: object) -> dict[str, object]:
+    return {
+        "vectors": vectors,
+        "dimension": len(vectors[0]) if vectors else 0,
+        "model": "m",
+        **extra,
+    }
+
+
+def test_go_answer_becomes_rust_shape_with_unit_rows() -> None:
+    result = EMBED.translate_response(
+        go_answer([[3.0, 4.0], [0.0, 20.0]]), client="rust", backend="go", options=OPTIONS
+    )
+    assert set(result.body) == {"embeddings", "dimensions", "model"}
+    assert np.allclose(result.body["embeddings"], [[0.6, 0.8], [0.0, 1.0]])
+    assert result.body["dimensions"] == 2
+    assert result.lossy is None
+
+
+def test_zero_vector_stays_zero() -> None:
+    result = EMBED.translate_response(
+        go_answer([[0.0, 0.0]]), client="rust", backend="go", options=OPTIONS
+    )
+    assert result.body["embeddings"].tolist() == [[0.0, 0.0]]
+
+
+def test_go_face_keeps_raw_magnitudes_unless_configured() -> None:
+    raw = {"embeddings": [[0.6, 0.8]], "dimensions": 2, "model": "m"}
+    plain = EMBED.translate_response(raw, client="go", backend="rust", options=OPTIONS)
+    assert set(plain.body) == {"vectors", "dimension", "model"}
+    assert plain.lossy == "magnitude"
+    go_raw = go_answer([[30.0, 40.0]])
+    same = EMBED.translate_response(go_raw, client="go", backend="go", options=NORMALISING)
+    assert np.allclose(same.body["vectors"], [[0.6, 0.8]])
+
+
+def test_needs_rewrite_only_across_dialects_or_when_normalising_go_face() -> None:
+    assert not EMBED.needs_rewrite(client="rust", backend="rust", options=OPTIONS)
+    assert not EMBED.needs_rewrite(client="go", backend="go", options=OPTIONS)
+    assert EMBED.needs_rewrite(client="go", backend="rust", options=OPTIONS)
+    assert EMBED.needs_rewrite(client="go", backend="go", options=NORMALISING)
+
+
+def test_unknown_fields_pass_through() -> None:
+    answer = go_answer([[1.0, 0.0]], took_ms=3, extra={"a": 1})
+    result = EMBED.translate_response(answer, client="rust", backend="go", options=OPTIONS)
+    assert result.body["took_ms"] == 3 and result.body["extra"] == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    ("answer", "field"),
+    [
+        ({"dimension": 2, "model": "m"}, "vectors"),
+        ({"vectors": [[1.0, 2.0]], "model": "m"}, "dimension"),
+        ({"vectors": [[1.0, 2.0]], "dimension": 2}, "model"),
+        ({"vectors": [[1.0, 2.0], [1.0]], "dimension": 2, "model": "m"}, "vectors"),
+        ({"vectors": [["a", "b"]], "dimension": 2, "model": "m"}, "vectors"),
+        ({"vectors": [[1.0, 2.0]], "dimension": 3, "model": "m"}, "dimension"),
+        ({"vectors": [[1.0, 2.0]], "dimension": "2", "model": "m"}, "dimension"),
+        ([1, 2], "$"),
+    ],
+)
+def test_bad_backend_answer_names_the_field(answer: object, field: str) -> None:
+    with pytest.raises(ShapeError) as caught:
+        EMBED.translate_response(answer, client="rust", backend="go", options=OPTIONS)
+    assert caught.value.field == field
+
+
+def test_non_finite_values_are_refused() -> None:
+    answer = go_answer([[float("nan"), 1.0]])
+    with pytest.raises(NonFiniteError):
+        EMBED.translate_response(answer, client="rust", backend="go", options=OPTIONS)
+
+
+def test_request_without_model_names_the_client_face_default() -> None:
+    body = {"texts": ["a"]}
+    assert EMBED.translate_request(body, client="rust", backend="go", options=OPTIONS) == {
+        "texts": ["a"],
+        "model": "nomic-embed-text",
+    }
+    assert EMBED.translate_request(body, client="go", backend="rust", options=OPTIONS) == {
+        "texts": ["a"],
+        "model": "nomic-embed-text-v2-moe",
+    }
+    explicit = {"texts": ["a"], "model": "x"}
+    assert (
+        EMBED.translate_request(explicit, client="rust", backend="go", options=OPTIONS) == explicit
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"texts": "a"}, "texts"),
+        ({"texts": [1]}, "texts[0]"),
+        ({}, "texts"),
+        ({"texts": ["a"], "model": 3}, "model"),
+        ("texts", "$"),
+    ],
+)
+def test_bad_client_request_names_the_field(body: object, field: str) -> None:
+    with pytest.raises(ShapeError) as caught:
+        EMBED.translate_request(body, client="rust", backend="go", options=OPTIONS)
+    assert caught.value.field == field
+
+
+finite = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, allow_infinity=False)
+matrices = st.integers(1, 6).flatmap(
+    lambda n: st.integers(1, 16).flatmap(lambda d: arrays(np.float64, (n, d), elements=finite))
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(matrices)
+def test_rust_to_go_to_rust_gives_back_the_input(matrix: np.ndarray) -> None:
+    rust = {"embeddings": unit_rows(matrix).tolist(), "dimensions": matrix.shape[1], "model": "m"}
+    original = copy.deepcopy(rust)
+    as_go = EMBED.translate_response(rust, client="go", backend="rust", options=OPTIONS).body
+    back = EMBED.translate_response(as_go, client="rust", backend="go", options=OPTIONS).body
+    assert rust == original  # the input was not mutated
+    assert back["dimensions"] == rust["dimensions"] and back["model"] == "m"
+    assert np.allclose(back["embeddings"], rust["embeddings"], atol=1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(matrices)
+def test_go_to_rust_to_go_keeps_directions(matrix: np.ndarray) -> None:
+    go = {"vectors": matrix.tolist(), "dimension": matrix.shape[1], "model": "m"}
+    original = copy.deepcopy(go)
+    as_rust = EMBED.translate_response(go, client="rust", backend="go", options=OPTIONS).body
+    back = EMBED.translate_response(as_rust, client="go", backend="rust", options=OPTIONS)
+    assert go == original
+    assert back.lossy == "magnitude"  # declared: raw magnitudes do not survive Rust
+    assert np.allclose(back.body["vectors"], unit_rows(matrix), atol=1e-9)
+
+
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)

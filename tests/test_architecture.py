@@ -1,0 +1,41 @@
+"""Dependencies point one way: adapters are pure, only the CLI imports uvicorn."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ADAPTERS_MAY_IMPORT = {
+    "__future__",
+    "adapters",
+    "numpy",
+    "collections",
+    "dataclasses",
+    "typing",
+    "math",
+}
+
+
+def imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_adapters_import_only_the_stdlib_basics_and_numpy() -> None:
+    for path in (ROOT / "adapters").glob("*.py"):
+        assert imports(path) <= ADAPTERS_MAY_IMPORT, path.name
+
+
+def test_only_the_cli_imports_uvicorn() -> None:
+    users = {p.name for p in (ROOT / "shim").rglob("*.py") if "uvicorn" in imports(p)}
+    assert users == {"cli.py"}
+
+
+def test_types_module_imports_nothing_of_the_shim() -> None:
+    assert "shim" not in imports(ROOT / "shim" / "types.py")

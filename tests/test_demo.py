@@ -1,0 +1,89 @@
+"""`shim demo` comes up, and every line of the README's demo tour works as written."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.servers import ROOT, base_env, free_port
+
+
+def tour_lines() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- demo-tour.*?-->\s*```bash\n(.*?)```", readme, re.S)
+    assert block, "README lost its demo tour block"
+    return [ln for ln in block.group(1).splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def test_readme_demo_tour_runs_against_a_live_demo(tmp_path: Path) -> None:
+    ports = {"4120": free_port(), "4121": free_port(), "3100": free_port(), "4110": free_port()}
+    shim_command = str(Path(sys.executable).parent / "shim")
+    demo = subprocess.Popen(
+        [
+            shim_command,
+            "demo",
+            "--port",
+            str(ports["4120"]),
+            "--admin-port",
+            str(ports["4121"]),
+            "--rust-port",
+            str(ports["3100"]),
+            "--go-port",
+            str(ports["4110"]),
+        ],
+        cwd=tmp_path,
+        env=base_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        banner = ""
+        assert demo.stdout is not None
+        while not banner.rstrip().endswith("shim flags"):
+            line = demo.stdout.readline()
+            assert line, "demo exited before printing its banner"
+            banner += line
+        assert f"127.0.0.1:{ports['4120']}" in banner
+        outputs = []
+        for line in tour_lines():
+            for default, port in ports.items():
+                line = line.replace(f"127.0.0.1:{default}", f"127.0.0.1:{port}")
+            line = line.replace(".venv/bin/shim", shim_command)
+            result = subprocess.run(
+                ["bash", "-c", line],
+                cwd=tmp_path,
+                env=base_env(),
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert result.returncode == 0, f"{line}\n{result.stdout}{result.stderr}"
+            outputs.append(result.stdout)
+        text = "\n".join(outputs)
+        assert "x-shim-backend: rust" in text.lower()
+        assert "x-shim-backend: go" in text.lower()
+        assert '"model":"nomic-embed-text"' in text
+        assert '"vectors"' in text and "not_found" in text
+        assert "embed: go -> rust" in text
+    finally:
+        demo.send_signal(signal.SIGINT)
+        demo.wait(20)
+        if demo.stdout:
+            demo.stdout.close()
+    for port in ports.values():  # nothing is left listening: no orphan processes
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=0.5)
+                time.sleep(0.1)
+            except httpx.ConnectError:
+                break
+        else:
+            raise AssertionError(f"something still listens on {port} after the demo stopped")

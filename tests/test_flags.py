@@ -1,0 +1,117 @@
+"""The flag store and a worker's view of it, without a server."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from shim.errors import FlagPinned, FlagRefused, UnknownEndpoint
+from shim.flags import FlagStore, FlagView
+from shim.routes import load_routes
+
+ROUTES = load_routes(Path(__file__).resolve().parent.parent / "config" / "routes.toml")
+
+
+def store(tmp_path: Path, **pins: str) -> FlagStore:
+    return FlagStore(tmp_path, ROUTES, pins)  # type: ignore[arg-type]
+
+
+def audit_lines(tmp_path: Path) -> list[dict[str, object]]:
+    path = tmp_path / "audit.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_defaults_come_from_the_route_table(tmp_path: Path) -> None:
+    flags = store(tmp_path)
+    assert flags.effective("embed").flag.serve == "rust"
+    assert flags.effective("matrix_search").flag.serve == "go"
+    assert flags.effective("embed").source == "default"
+
+
+def test_a_change_persists_bumps_the_generation_and_is_audited_once(tmp_path: Path) -> None:
+    change = store(tmp_path).set("embed", serve="go", actor="test", reason="cutover")
+    assert change is not None and change.generation == 1
+    fresh = store(tmp_path)  # as after a restart
+    assert fresh.effective("embed").flag.serve == "go"
+    assert fresh.read().generation == 1
+    [record] = audit_lines(tmp_path)
+    assert record["endpoint"] == "embed" and record["actor"] == "test"
+    assert record["before"]["serve"] == "rust" and record["after"]["serve"] == "go"
+    assert record["reason"] == "cutover" and record["generation"] == 1
+
+
+def test_setting_the_current_value_changes_nothing(tmp_path: Path) -> None:
+    assert store(tmp_path).set("embed", serve="rust", actor="t") is None
+    assert audit_lines(tmp_path) == []
+
+
+def test_rollback_sends_everything_back_to_rust_in_one_generation(tmp_path: Path) -> None:
+    flags = store(tmp_path)
+    flags.set("embed", serve="go", actor="t")
+    flags.set("sql", serve="go", actor="t")
+    changes = flags.rollback(None, actor="t")
+    assert {c.endpoint for c in changes} == {"embed", "sql"}
+    assert {c.generation for c in changes} == {3}
+    assert all(flags.effective(n).flag.serve == "rust" for n in ("embed", "sql"))
+    assert flags.effective("matrix_search").flag.serve == "go"  # Go-only: left alone
+
+
+def test_go_only_endpoint_cannot_go_to_rust(tmp_path: Path) -> None:
+    with pytest.raises(FlagRefused, match="Go-only"):
+        store(tmp_path).set("playbooks_record", serve="rust", actor="t")
+    with pytest.raises(FlagRefused):
+        store(tmp_path).rollback(["matrix_search"], actor="t")
+
+
+def test_unknown_endpoint_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UnknownEndpoint):
+        store(tmp_path).set("embedd", serve="go", actor="t")
+
+
+def test_pin_beats_the_file_and_refuses_flips(tmp_path: Path) -> None:
+    store(tmp_path).set("embed", serve="go", actor="t")
+    pinned = store(tmp_path, embed="rust")
+    effective = pinned.effective("embed")
+    assert (effective.flag.serve, effective.pinned_by) == ("rust", "SHIM_PIN__EMBED")
+    assert effective.runtime is not None and effective.runtime.serve == "go"
+    with pytest.raises(FlagPinned) as caught:
+        pinned.set("embed", serve="go", actor="t")
+    assert caught.value.variable == "SHIM_PIN__EMBED" and caught.value.status_code == 409
+
+
+def test_worker_view_applies_changes_and_keeps_last_good_state_on_corruption(
+    tmp_path: Path,
+) -> None:
+    flags = store(tmp_path)
+    view = FlagView(flags, poll_seconds=0.1)
+    flags.set("embed", serve="go", actor="t")
+    assert view.refresh() and view.serving("embed") == "go"
+    (tmp_path / "flags.json").write_text('{"version": 1, "generation": 9, "flags": {"embed": {"se')
+    assert not view.refresh()
+    assert view.serving("embed") == "go" and view.state.generation == 1
+    assert view.load_errors == 1
+    (tmp_path / "flags.json").write_text('{"version": 1, "generation": 10, "flags": {}}')
+    assert view.refresh() and view.serving("embed") == "rust"
+
+
+def _flip_many(args: tuple[str, str, int]) -> None:
+    state_dir, endpoint, count = args
+    flags = FlagStore(Path(state_dir), ROUTES, {})
+    for i in range(count):
+        flags.set(endpoint, shadow=i % 2 == 0, actor=f"writer-{endpoint}")
+
+
+def test_concurrent_writers_never_lose_an_update(tmp_path: Path) -> None:
+    endpoints = ["embed", "sql", "chat", "retrieve"]
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(4) as pool:
+        pool.map(_flip_many, [(str(tmp_path), e, 15) for e in endpoints])
+    state = store(tmp_path).read()
+    assert state.generation == 60
+    records = audit_lines(tmp_path)
+    assert len(records) == 60
+    assert sorted(r["generation"] for r in records) == list(range(1, 61))
+    assert all(state.flags[e].shadow is True for e in endpoints)  # each one's last write (i=14)
