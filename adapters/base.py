@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from adapters.errors import ShapeError
+from adapters.errors import OptionsError, ShapeError
 
 Dialect = Literal["rust", "go"]
 DIALECTS: tuple[Dialect, ...] = ("rust", "go")
@@ -80,3 +80,20 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
 def passthrough_fields(body: JSONObject, known: frozenset[str]) -> JSONObject:
     """Fields an adapter does not know: carried over as they are, never silently dropped."""
     return {key: value for key, value in body.items() if key not in known}
+
+
+class RenamingAdapter:
+    """Base for adapters that take no options and rewrite only across dialects."""
+
+    name: str
+
+    def parse_options(self, raw: Mapping[str, Any]) -> None:
+        if raw:
+            key = sorted(raw)[0]
+            raise OptionsError(f"unknown option {key!r}", field=key)
+
+    def needs_rewrite(self, *, client: Dialect, backend: Dialect, options: None) -> bool:
+        return client != backend
+
+    def losses(self, *, client: Dialect, backend: Dialect, options: None) -> str | None:
+        return None

@@ -13,12 +13,13 @@ from typing import Any
 from adapters.base import (
     Dialect,
     JSONObject,
+    RenamingAdapter,
     Translation,
     passthrough_fields,
     require,
     require_object,
 )
-from adapters.errors import OptionsError, ShapeError
+from adapters.errors import ShapeError
 
 TEXT_FIELD: Mapping[Dialect, str] = {"rust": "reply", "go": "content"}
 COUNTS_FIELD: Mapping[Dialect, str] = {"rust": "usage", "go": "tokens"}
@@ -28,18 +29,10 @@ COUNT_NAMES: Mapping[Dialect, tuple[str, str]] = {
 }
 
 
-class ChatAdapter:
+class ChatAdapter(RenamingAdapter):
     """Same request both ways; the answer's text and token counts are renamed."""
 
     name = "chat"
-
-    def parse_options(self, raw: Mapping[str, Any]) -> None:
-        if raw:
-            key = sorted(raw)[0]
-            raise OptionsError(f"unknown option {key!r}", field=key)
-
-    def needs_rewrite(self, *, client: Dialect, backend: Dialect, options: None) -> bool:
-        return client != backend
 
     def translate_request(
         self, body: Any, *, client: Dialect, backend: Dialect, options: None
@@ -74,9 +67,6 @@ class ChatAdapter:
             **passthrough_fields(response, known),
         }
         return Translation(translated)
-
-    def losses(self, *, client: Dialect, backend: Dialect, options: None) -> str | None:
-        return None
 
 
 CHAT = ChatAdapter()

@@ -14,12 +14,13 @@ from typing import Any
 from adapters.base import (
     Dialect,
     JSONObject,
+    RenamingAdapter,
     Translation,
     passthrough_fields,
     require,
     require_object,
 )
-from adapters.errors import OptionsError, ShapeError
+from adapters.errors import ShapeError
 from adapters.vectors import as_matrix
 
 K_FIELD: Mapping[Dialect, str] = {"rust": "k", "go": "top_k"}
@@ -42,20 +43,12 @@ def translate_hit(hit: Any, *, client: Dialect, backend: Dialect, field: str) ->
     return translated
 
 
-class SearchAdapter:
+class SearchAdapter(RenamingAdapter):
     """Shared by vector search and hybrid retrieve; `query_fields` are checked per request."""
 
     def __init__(self, name: str, query_fields: Mapping[str, tuple[type, str]]) -> None:
         self.name = name
         self.query_fields = query_fields
-
-    def parse_options(self, raw: Mapping[str, Any]) -> None:
-        if raw:
-            key = sorted(raw)[0]
-            raise OptionsError(f"unknown option {key!r}", field=key)
-
-    def needs_rewrite(self, *, client: Dialect, backend: Dialect, options: None) -> bool:
-        return client != backend
 
     def translate_request(
         self, body: Any, *, client: Dialect, backend: Dialect, options: None
@@ -91,9 +84,6 @@ class SearchAdapter:
             **passthrough_fields(response, frozenset({hits_field})),
         }
         return Translation(translated)
-
-    def losses(self, *, client: Dialect, backend: Dialect, options: None) -> str | None:
-        return None
 
 
 VECTORS_SEARCH = SearchAdapter(

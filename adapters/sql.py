@@ -13,12 +13,13 @@ from typing import Any
 from adapters.base import (
     Dialect,
     JSONObject,
+    RenamingAdapter,
     Translation,
     passthrough_fields,
     require,
     require_object,
 )
-from adapters.errors import OptionsError, ShapeError
+from adapters.errors import ShapeError
 
 STATEMENT_FIELD: Mapping[Dialect, str] = {"rust": "sql", "go": "query"}
 UNKNOWN_TYPE = "unknown"
@@ -36,18 +37,10 @@ def column_names(columns: list[Any], *, backend: Dialect) -> list[str]:
     return names
 
 
-class SqlAdapter:
+class SqlAdapter(RenamingAdapter):
     """Renames the statement field and converts the column list."""
 
     name = "sql"
-
-    def parse_options(self, raw: Mapping[str, Any]) -> None:
-        if raw:
-            key = sorted(raw)[0]
-            raise OptionsError(f"unknown option {key!r}", field=key)
-
-    def needs_rewrite(self, *, client: Dialect, backend: Dialect, options: None) -> bool:
-        return client != backend
 
     def translate_request(
         self, body: Any, *, client: Dialect, backend: Dialect, options: None

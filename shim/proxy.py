@@ -157,15 +157,9 @@ class Proxy:
             forward = [*forward, ("Content-Length", str(request.content_length))]
         backend = ex.backend
         assert backend is not None
-        session = self.upstream.session(backend)
         async with translate_errors(backend, str(url)):
-            response = await session.request(
-                ex.method,
-                url,
-                headers=forward,
-                data=body,
-                allow_redirects=False,
-                timeout=self.upstream.timeout(match.route),
+            response = await self.upstream.request(
+                backend, match.route, ex.method, url, headers=forward, data=body
             )
         try:
             response_headers = header_policy.backend_response(response.raw_headers, rewrite=False)
@@ -212,16 +206,10 @@ class Proxy:
             raise BadRequest(_adapter_message("request", exc), code="bad_shape") from None
         payload = orjson.dumps(translated, option=JSON_OPTIONS)
         forward = [*request.forward, ("Content-Type", "application/json")]
-        session = self.upstream.session(backend)
         async with (
             translate_errors(backend, str(url)),
-            session.request(
-                ex.method,
-                url,
-                headers=forward,
-                data=payload,
-                allow_redirects=False,
-                timeout=self.upstream.timeout(route),
+            self.upstream.request(
+                backend, route, ex.method, url, headers=forward, data=payload
             ) as response,
         ):
             answer = await read_backend_body(response, limit=self.max_backend_json_bytes)

@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
+from yarl import URL
 
 from shim.errors import BackendError, BackendTimeout, BackendUnreachable, BadBackendAnswer
 from shim.routes import Route
@@ -48,8 +49,28 @@ class Upstream:
         for session in sessions.values():
             await session.close()
 
-    def session(self, backend: Backend) -> aiohttp.ClientSession:
-        return self._sessions[backend]
+    def request(
+        self,
+        backend: Backend,
+        route: Route,
+        method: str,
+        url: URL,
+        *,
+        headers: list[tuple[str, str]],
+        data: bytes | AsyncIterator[bytes] | None,
+    ) -> aiohttp.client._RequestContextManager:
+        """Send one request on `backend`'s pool: no redirects followed, the route's timeouts.
+
+        Await it for the response (headers read), or use it as an async context manager.
+        """
+        return self._sessions[backend].request(
+            method,
+            url,
+            headers=headers,
+            data=data,
+            allow_redirects=False,
+            timeout=self.timeout(route),
+        )
 
     def timeout(self, route: Route) -> aiohttp.ClientTimeout:
         """The route's connect and between-bytes read timeouts (cached per pair)."""
