@@ -183,6 +183,29 @@ def test_hop_by_hop_headers_never_reach_the_backend(
     assert response.getheader("x-request-id") == "req-123"
 
 
+def test_hop_by_hop_headers_never_reach_the_client_and_repeats_are_kept(
+    start_shim: Callable[..., Shim], echo_backend: str
+) -> None:
+    shim = start_shim(rust_url=echo_backend)
+    sent_back = [
+        ["Connection", "X-Backend-Hop"],
+        ["X-Backend-Hop", "1"],
+        ["Keep-Alive", "5"],
+        ["Set-Cookie", "a=1"],
+        ["Set-Cookie", "b=2"],
+        ["X-Backend-Kept", "yes"],
+    ]
+    response = httpx.post(
+        f"{shim.url}/ai/embed",
+        json={"texts": ["a"]},
+        headers={"X-Test-Response-Headers": json.dumps(sent_back)},
+    )
+    assert response.status_code == 200
+    assert "x-backend-hop" not in response.headers and "keep-alive" not in response.headers
+    assert response.headers.get_list("set-cookie") == ["a=1", "b=2"]
+    assert response.headers["x-backend-kept"] == "yes"
+
+
 def test_go_prefix_answers_like_bare_go_face(start_shim: Callable[..., Shim]) -> None:
     shim = start_shim()
     bare = httpx.post(f"{shim.url}/v1/embed", json={"texts": TEXTS})

@@ -1,7 +1,9 @@
 """A backend for the tests that need to see what the shim sends, or to misbehave on purpose.
 
-Any path. By default it echoes what it received as JSON. With `X-Test-Mode: slow-body` it
-sends the first bytes of its answer, waits `X-Test-Delay` seconds (default 2), then the rest.
+Any path. By default it echoes what it received as JSON. Request headers steer it:
+- `X-Test-Mode: slow-body`: the first bytes, then `X-Test-Delay` seconds (default 2), the rest;
+- `X-Test-Body: <text>`: answer exactly that body (status `X-Test-Status`, default 200);
+- `X-Test-Response-Headers: <JSON list of [name, value]>`: add those headers to the answer.
 """
 
 import asyncio
@@ -18,12 +20,19 @@ async def app(scope, receive, send):
         body += message.get("body", b"")
         if not message.get("more_body"):
             break
-    json_type = [(b"content-type", b"application/json")]
+    answer_headers = [(b"content-type", b"application/json")]
+    for name, value in json.loads(headers.get("x-test-response-headers", "[]")):
+        answer_headers.append((name.encode(), value.encode()))
     if headers.get("x-test-mode") == "slow-body":
-        await send({"type": "http.response.start", "status": 200, "headers": json_type})
+        await send({"type": "http.response.start", "status": 200, "headers": answer_headers})
         await send({"type": "http.response.body", "body": b'{"first": true, ', "more_body": True})
         await asyncio.sleep(float(headers.get("x-test-delay", "2")))
         await send({"type": "http.response.body", "body": b'"last": true}'})
+        return
+    if "x-test-body" in headers:
+        status = int(headers.get("x-test-status", "200"))
+        await send({"type": "http.response.start", "status": status, "headers": answer_headers})
+        await send({"type": "http.response.body", "body": headers["x-test-body"].encode()})
         return
     echo = {
         "method": scope["method"],
@@ -32,5 +41,5 @@ async def app(scope, receive, send):
         "headers": [[k.decode().lower(), v.decode()] for k, v in scope["headers"]],
         "body_length": len(body),
     }
-    await send({"type": "http.response.start", "status": 200, "headers": json_type})
+    await send({"type": "http.response.start", "status": 200, "headers": answer_headers})
     await send({"type": "http.response.body", "body": json.dumps(echo).encode()})
