@@ -12,15 +12,17 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from adapters.registry import LOSS_DESCRIPTIONS
 from shim import __version__
 from shim.errors import ConfigError, FlagError, ShimError
 from shim.flags import FlagStateError, FlagStore, check_pins, cli_actor, resolve
-from shim.routes import RouteTable, load_routes
+from shim.routes import GO_PREFIX, RouteTable, load_routes
 from shim.settings import Settings, load_settings
 
 EXIT_REFUSED = 1
@@ -76,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     reference.add_argument("--host", default="127.0.0.1")
     reference.add_argument("--port", type=int, help="default 3100 (rust) or 4110 (go)")
     reference.add_argument("--latency-ms", type=float, default=0.0, help="delay every answer")
+    reference.add_argument(
+        "--storage-dir", type=Path, help="where stored objects live (default: a new temp dir)"
+    )
     reference.set_defaults(run=run_reference)
 
     flags = commands.add_parser("flags", help="show every endpoint's flag, or change one")
@@ -99,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate settings, route table and flag state")
     _config_option(check)
+    check.add_argument(
+        "--explain",
+        action="store_true",
+        help="also print, per endpoint, faces, idempotency and what each translation loses",
+    )
     check.set_defaults(run=run_check)
     return parser
 
@@ -193,17 +203,21 @@ def run_reference(args: argparse.Namespace) -> int:
     from shim.reference.app import create_reference_app
 
     port = args.port if args.port is not None else (3100 if args.backend == "rust" else 4110)
-    app = create_reference_app(args.backend, latency_ms=args.latency_ms)
-    print(f"reference {args.backend} backend on http://{args.host}:{port}", file=sys.stderr)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        log_level="warning",
-        access_log=False,
-    )
+    with tempfile.TemporaryDirectory(prefix="shim-reference-storage-") as scratch:
+        storage_dir = args.storage_dir or Path(scratch)
+        app = create_reference_app(
+            args.backend, latency_ms=args.latency_ms, storage_dir=storage_dir
+        )
+        print(f"reference {args.backend} backend on http://{args.host}:{port}", file=sys.stderr)
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=port,
+            loop="uvloop",
+            http="httptools",
+            log_level="warning",
+            access_log=False,
+        )
     return 0
 
 
@@ -309,7 +323,42 @@ def run_check(args: argparse.Namespace) -> int:
         f"route table {settings.resolved_routes_file()}, flag generation {state.generation}, "
         f"pins {dict(settings.pin) or 'none'}"
     )
+    if args.explain:
+        print()
+        print(explain_routes(routes))
     return 0
+
+
+def explain_routes(routes: RouteTable) -> str:
+    """Per endpoint: faces, idempotency, and for each client face x serving backend whether
+    bytes stream untouched or which adapter translates, and what that loses."""
+    lines = []
+    for name, route in routes.routes.items():
+        adapter = route.adapter.name if route.adapter else "none (bytes)"
+        if not route.idempotent_methods:
+            idempotent = "no"
+        elif route.read_only_sql:
+            idempotent = "read-only statements"
+        else:
+            idempotent = ", ".join(sorted(route.idempotent_methods))
+        kind = "Go-only" if route.go_only else f"default {route.default}"
+        lines.append(f"{name}  ({kind}; adapter {adapter}; idempotent: {idempotent})")
+        for dialect, face in route.faces.items():
+            paths = face.template + (f", {GO_PREFIX}{face.template}" if dialect == "go" else "")
+            lines.append(f"  {dialect:<4} face    {' '.join(sorted(face.methods))} {paths}")
+        for client in route.faces:
+            for backend in route.faces:
+                if route.needs_rewrite(client, backend):
+                    how = f"translated by {adapter}"
+                    loss = route.losses(client, backend)
+                    if loss:
+                        how += f"; loses {LOSS_DESCRIPTIONS.get(loss, loss)} (X-Shim-Lossy: {loss})"
+                else:
+                    how = "streamed untouched" + ("" if client == backend else " (path rewritten)")
+                lines.append(f"  {client:<4} client <- {backend:<4} backend: {how}")
+        if route.go_only:
+            lines.append("  never sent to rust: flipping it to rust is refused")
+    return "\n".join(lines)
 
 
 # -- demo --------------------------------------------------------------------------------
