@@ -72,6 +72,7 @@ def test_readme_demo_tour_runs_against_a_live_demo(tmp_path: Path) -> None:
         assert '"model":"nomic-embed-text"' in text
         assert '"vectors"' in text and "not_found" in text
         assert "embed: go -> rust" in text
+        assert "x-shim-lossy: column-types" in text.lower() and '"hits"' in text
     finally:
         demo.send_signal(signal.SIGINT)
         demo.wait(20)
