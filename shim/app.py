@@ -1,5 +1,5 @@
-"""Composition root: builds the route table, flag view, upstream pools and proxy, and
-dispatches each request by the socket it arrived on (proxy port or admin listener).
+"""Composition root: builds the route table, flag view, upstream pools, proxy and admin app,
+owns their lifetime, and dispatches each request by the socket it arrived on.
 
 `create_app()` is the uvicorn factory: every spawned worker calls it and reads its settings
 from the environment.
@@ -11,27 +11,30 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import orjson
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from shim import logs
+from shim import logs, metrics
+from shim.admin import AdminContext, build_admin
 from shim.errors import NotFound
-from shim.flags import FlagStore, FlagView, check_pins
+from shim.flags import FlagState, FlagStore, FlagView, check_pins
 from shim.proxy import Exchange, Proxy, send_error
 from shim.routes import RouteTable, load_routes
 from shim.settings import Settings, load_settings
 from shim.types import Receive, Scope, Send
 from shim.upstream import Upstream
+from shim.workers import HEARTBEAT_SECONDS, WorkerRegistry, WorkerStatus
 
 log = logging.getLogger("shim.app")
 HEALTHZ = "/_shim/healthz"
 _HEALTHZ_BODY = orjson.dumps({"status": "ok"})
+_HEALTHZ_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(_HEALTHZ_BODY)).encode()),
+]
+_ANY_ADDRESS = ("0.0.0.0", "::", "")
 
 
 class ShimApp:
@@ -40,11 +43,21 @@ class ShimApp:
     def __init__(self, settings: Settings, routes: RouteTable) -> None:
         self.settings = settings
         self.routes = routes
+        self.pid = os.getpid()
+        self.started = time.time()
         self.store = FlagStore(settings.state_dir, routes, settings.pin)
-        self.flags = FlagView(self.store, poll_seconds=settings.flag_poll_seconds)
+        self.workers = WorkerRegistry(settings.state_dir)
+        self.flags = FlagView(
+            self.store,
+            poll_seconds=settings.flag_poll_seconds,
+            on_apply=self._applied,
+            on_error=lambda exc: metrics.FLAG_LOAD_ERRORS.inc(),
+        )
         self.upstream = Upstream(settings)
         self.proxy = Proxy(routes, self.flags, self.upstream, settings)
-        self.admin = build_admin(self)
+        self.admin = build_admin(
+            AdminContext(settings, routes, self.store, self.flags, self.upstream, self.workers)
+        )
         self._admin_address = (settings.admin_host, settings.admin_port)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -53,12 +66,12 @@ class ShimApp:
                 await self.admin(scope, receive, send)
             elif scope["path"] == HEALTHZ:
                 await _healthz(send)
-            elif scope["path"].startswith("/_shim/"):
-                await send_error(
-                    send,
-                    NotFound("the admin API is on the admin listener only"),
-                    Exchange(scope["method"], scope["path"], 0.0),
+            elif scope["path"].startswith("/_shim"):
+                error = NotFound(
+                    "the proxy port answers only /_shim/healthz; the admin API is "
+                    "on the admin listener (SHIM_ADMIN_PORT)"
                 )
+                await send_error(send, error, Exchange(scope["method"], scope["path"], 0.0))
             else:
                 await self.proxy(scope, receive, send)
         elif scope["type"] == "lifespan":
@@ -68,21 +81,49 @@ class ShimApp:
     def _on_admin_socket(self, scope: Scope) -> bool:
         """The socket the request came in on, never anything the client sent."""
         server = scope.get("server")
-        return (
-            server is not None
-            and server[1] == self._admin_address[1]
-            and (server[0] == self._admin_address[0] or self._admin_address[0] in ("0.0.0.0", "::"))
+        if server is None or server[1] != self._admin_address[1]:
+            return False
+        return server[0] == self._admin_address[0] or self._admin_address[0] in _ANY_ADDRESS
+
+    def _applied(self, state: FlagState) -> None:
+        """A new flag state is served: tell metrics and the writers waiting for our ack."""
+        metrics.observe_flags(state, self.routes, self.settings.pin)
+        self._publish()
+
+    def _publish(self) -> None:
+        self.workers.publish(
+            WorkerStatus(
+                pid=self.pid,
+                host=self.workers.host,
+                generation=self.flags.state.generation,
+                heartbeat=time.time(),
+                started=self.started,
+                pins=dict(self.settings.pin),
+            )
         )
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                await asyncio.to_thread(self._publish)
+            except OSError as exc:
+                log.error("cannot publish worker status: %s", exc)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """Resources with one owner and one lifetime: pools and the flag watcher."""
-        self.flags.refresh()
+        """Resources with one owner and one lifetime: pools, flag watcher, heartbeat."""
+        self.pid = os.getpid()
+        if not self.flags.refresh():
+            self._applied(self.flags.state)
         await self.upstream.start()
-        watcher = asyncio.create_task(self.flags.watch(), name="flag-watcher")
+        tasks = [
+            asyncio.create_task(self.flags.watch(), name="flag-watcher"),
+            asyncio.create_task(self._heartbeat(), name="worker-heartbeat"),
+        ]
         log.info(
             "worker %d serving generation %d; rust=%s go=%s",
-            os.getpid(),
+            self.pid,
             self.flags.state.generation,
             self.settings.rust_url,
             self.settings.go_url,
@@ -90,10 +131,14 @@ class ShimApp:
         try:
             yield
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self.upstream.close()
+            self.workers.remove(self.pid)
+            metrics.worker_exited(self.pid)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -114,52 +159,10 @@ async def _healthz(send: Send) -> None:
         {
             "type": "http.response.start",
             "status": 200,
-            "headers": [(b"content-type", b"application/json")],
+            "headers": _HEALTHZ_HEADERS,
         }
     )
     await send({"type": "http.response.body", "body": _HEALTHZ_BODY})
-
-
-def flags_document(app: ShimApp) -> dict[str, Any]:
-    """Every endpoint's flag in force, as the admin API and `shim flags` show it."""
-    endpoints = {}
-    for name, route in app.routes.routes.items():
-        effective = app.flags.effective(name)
-        endpoints[name] = {
-            **effective.flag.settings(),
-            "source": effective.source,
-            "pinned_by": effective.pinned_by,
-            "go_only": route.go_only,
-            "changed_at": effective.flag.changed_at,
-            "actor": effective.flag.actor,
-        }
-    return {
-        "generation": app.flags.state.generation,
-        "load_errors": app.flags.load_errors,
-        "worker": os.getpid(),
-        "endpoints": endpoints,
-    }
-
-
-def build_admin(app: ShimApp) -> Starlette:
-    """The admin listener's app: health and the flags as this worker serves them."""
-
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "worker": os.getpid()})
-
-    async def flags(request: Request) -> Response:
-        return JSONResponse(flags_document(app))
-
-    async def not_found(request: Request, exc: Exception) -> Response:
-        return JSONResponse(NotFound(f"no admin route {request.url.path}").to_dict(), 404)
-
-    return Starlette(
-        routes=[
-            Route(HEALTHZ, healthz, methods=["GET"]),
-            Route("/_shim/flags", flags, methods=["GET"]),
-        ],
-        exception_handlers={404: not_found},
-    )
 
 
 def create_app() -> ShimApp:

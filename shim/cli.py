@@ -17,16 +17,29 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from adapters.registry import LOSS_DESCRIPTIONS
 from shim import __version__
-from shim.errors import ConfigError, FlagError, ShimError
-from shim.flags import FlagStateError, FlagStore, check_pins, cli_actor, resolve
+from shim.errors import ConfigError, FlagError, ShimError, UnknownEndpoint
+from shim.flags import (
+    Flag,
+    FlagStateError,
+    FlagStore,
+    check_pins,
+    cli_actor,
+    pin_conflicts,
+    read_audit,
+    resolve,
+)
 from shim.routes import GO_PREFIX, RouteTable, load_routes
 from shim.settings import Settings, load_settings
+from shim.types import Backend
+from shim.workers import WorkerRegistry
 
 EXIT_REFUSED = 1
 EXIT_CONFIG = 2
+EXIT_LAGGING = 3
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     flags = commands.add_parser("flags", help="show every endpoint's flag, or change one")
     _config_option(flags)
+    flags.add_argument(
+        "--history",
+        nargs="?",
+        const="",
+        metavar="ENDPOINT",
+        help="show the audit trail (of one endpoint) instead of the table",
+    )
+    flags.add_argument("--limit", type=int, default=50, help="history lines to show (default 50)")
     flags.set_defaults(run=run_flags_table)
     flag_commands = flags.add_subparsers(metavar="ACTION")
     flag_set = flag_commands.add_parser("set", help="route an endpoint to rust or go")
@@ -138,6 +159,7 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     if (settings.host, settings.port) == (settings.admin_host, settings.admin_port):
         raise ConfigError("the admin listener needs its own port", key="admin_port")
+    _prepare_metrics_dir(settings.resolved_metrics_dir())
     proxy_socket = _bind(settings.host, settings.port, "port")
     admin_socket = _bind(settings.admin_host, settings.admin_port, "admin_port")
     # Spawned workers re-import the app and see only the environment.
@@ -178,6 +200,18 @@ def run_serve(args: argparse.Namespace) -> int:
     else:
         Multiprocess(config, sockets=sockets).run()
     return 0
+
+
+def _prepare_metrics_dir(path: Path) -> None:
+    """prometheus_client's multiprocess directory: wiped, and exported before any worker
+    (or this process) imports prometheus_client."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot prepare {path}: {exc.strerror}", key="metrics_dir") from None
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path.resolve())
 
 
 def _bind(host: str, port: int, key: str) -> socket.socket:
@@ -224,13 +258,27 @@ def run_reference(args: argparse.Namespace) -> int:
 # -- flags -------------------------------------------------------------------------------
 
 
-def run_flags_table(args: argparse.Namespace) -> int:
+def _operator_view(
+    args: argparse.Namespace,
+) -> tuple[Settings, RouteTable, FlagStore, WorkerRegistry]:
+    """The store as an operator's command sees it: pins from this environment and from every
+    running worker (a systemd drop-in's pin is in the service's environment, not ours)."""
     settings, routes = _load(args)
-    store = FlagStore(settings.state_dir, routes, settings.pin)
+    registry = WorkerRegistry(settings.state_dir)
+    pins: dict[str, Backend] = dict(settings.pin)
+    for worker in registry.live():
+        pins.update({k: v for k, v in worker.pins.items() if v in ("rust", "go")})  # type: ignore[misc]
+    return settings, routes, FlagStore(settings.state_dir, routes, pins), registry
+
+
+def run_flags_table(args: argparse.Namespace) -> int:
+    if args.history is not None:
+        return run_flags_history(args)
+    _, routes, store, registry = _operator_view(args)
     state = store.read()
     rows = [("ENDPOINT", "SERVE", "SHADOW", "CANARY%", "PINNED BY", "SOURCE", "LAST CHANGE")]
     for name in routes.routes:
-        effective = resolve(state, routes, settings.pin, name)
+        effective = resolve(state, routes, store.pins, name)
         flag = effective.flag
         changed = f"{flag.changed_at} {flag.actor}" if flag.changed_at else "-"
         rows.append(
@@ -244,28 +292,59 @@ def run_flags_table(args: argparse.Namespace) -> int:
                 changed,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-    print(f"\ngeneration {state.generation} · state {store.path}")
-    for name in routes.routes:
-        effective = resolve(state, routes, settings.pin, name)
-        if (
-            effective.pinned_by
-            and effective.runtime
-            and effective.runtime.serve != effective.flag.serve
-        ):
-            print(
-                f"warning: {name}: runtime flag says {effective.runtime.serve} but "
-                f"{effective.pinned_by}={effective.flag.serve} overrides it; the pin wins "
-                "after a restart too"
-            )
+    print(_table(rows))
+    applied = registry.applied(state.generation)
+    print(f"\ngeneration {state.generation} · {applied.summary()} · state {store.path}")
+    for warning in pin_conflicts(state, routes, store.pins):
+        print(f"warning: {warning}")
     return 0
 
 
-def run_flags_set(args: argparse.Namespace) -> int:
+def run_flags_history(args: argparse.Namespace) -> int:
     settings, routes = _load(args)
-    store = FlagStore(settings.state_dir, routes, settings.pin)
+    endpoint = args.history or None
+    if endpoint is not None and endpoint not in routes:
+        raise UnknownEndpoint(f"no endpoint {endpoint!r} in the route table")
+    records = read_audit(settings.state_dir, endpoint)[-args.limit :]
+    if not records:
+        print("no flag changes recorded yet")
+        return 0
+    rows = [("TIME", "GEN", "ENDPOINT", "CHANGE", "ACTOR", "REASON")]
+    for record in records:
+        change = f"{_describe_settings(record['before'])} -> {_describe_settings(record['after'])}"
+        if record.get("forced"):
+            change += " (forced)"
+        rows.append(
+            (
+                record["time"],
+                str(record["generation"]),
+                record["endpoint"],
+                change,
+                record.get("actor") or "-",
+                record.get("reason") or "-",
+            )
+        )
+    print(_table(rows))
+    return 0
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def _report(registry: WorkerRegistry, generation: int, settings: Settings) -> int:
+    """Wait for the workers to apply `generation`; exit 3 if some lag behind."""
+    applied = registry.wait_applied(generation, within=settings.flip_wait_seconds)
+    print(applied.summary(), file=sys.stdout if applied.complete else sys.stderr)
+    return 0 if applied.complete else EXIT_LAGGING
+
+
+def run_flags_set(args: argparse.Namespace) -> int:
+    settings, _, store, registry = _operator_view(args)
     percent = ... if args.percent is None else args.percent
     change = store.set(
         args.endpoint,
@@ -280,28 +359,31 @@ def run_flags_set(args: argparse.Namespace) -> int:
         return 0
     print(
         f"{change.endpoint}: {_describe(change.before)} -> {_describe(change.after)} "
-        f"(generation {change.generation}); every worker applies it within "
-        f"{settings.flag_poll_seconds + 0.5:.1f} s"
+        f"(generation {change.generation})"
     )
-    return 0
+    return _report(registry, change.generation, settings)
 
 
 def run_rollback(args: argparse.Namespace) -> int:
-    settings, routes = _load(args)
-    store = FlagStore(settings.state_dir, routes, settings.pin)
+    settings, _, store, registry = _operator_view(args)
     changes = store.rollback(args.endpoints or None, actor=cli_actor(), reason=args.reason)
     if not changes:
         print("nothing to roll back: every named endpoint is already on rust")
+        return 0
     for change in changes:
         print(
             f"{change.endpoint}: {_describe(change.before)} -> {_describe(change.after)} "
             f"(generation {change.generation})"
         )
-    return 0
+    return _report(registry, changes[0].generation, settings)
 
 
-def _describe(flag: object) -> str:
-    serve, shadow, percent = (getattr(flag, k) for k in ("serve", "shadow", "percent"))
+def _describe(flag: Flag) -> str:
+    return _describe_settings(flag.settings())
+
+
+def _describe_settings(settings: dict[str, Any]) -> str:
+    serve, shadow, percent = settings["serve"], settings["shadow"], settings["percent"]
     parts = [serve]
     if shadow:
         parts.append("shadow")

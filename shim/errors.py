@@ -6,7 +6,10 @@
     │   ├── BadRequest             400 bad_json / bad_shape / bad_path
     │   ├── NotFound               404 not_found
     │   ├── MethodNotAllowed       405 method_not_allowed
-    │   └── PayloadTooLarge        413 payload_too_large
+    │   ├── PayloadTooLarge        413 payload_too_large
+    │   ├── Unauthorized           401 unauthorized (admin write without the right token)
+    │   ├── AdminWritesDisabled    403 admin_writes_disabled (no SHIM_ADMIN_TOKEN configured)
+    │   └── InvalidValue           422 invalid_value (an admin request body that makes no sense)
     ├── FlagError                  a flag change that is refused
     │   ├── UnknownEndpoint        404 unknown_endpoint
     │   ├── FlagRefused            422 flag_refused (e.g. a Go-only endpoint to rust)
@@ -84,6 +87,27 @@ class PayloadTooLarge(ClientError):
 
     status_code = 413
     code = "payload_too_large"
+
+
+class Unauthorized(ClientError):
+    """An admin write without the configured bearer token."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class AdminWritesDisabled(ClientError):
+    """No SHIM_ADMIN_TOKEN is configured, so no admin write is accepted."""
+
+    status_code = 403
+    code = "admin_writes_disabled"
+
+
+class InvalidValue(ClientError):
+    """An admin request whose body has an unknown key or a value of the wrong kind."""
+
+    status_code = 422
+    code = "invalid_value"
 
 
 class FlagError(ShimError):

@@ -16,7 +16,7 @@ import fcntl
 import logging
 import os
 import pwd
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,6 +85,7 @@ class Change:
     before: Flag
     after: Flag
     generation: int
+    forced: bool = False
 
 
 def pin_variable(endpoint: str) -> str:
@@ -108,6 +109,24 @@ def resolve(
     if runtime is not None:
         return EffectiveFlag(endpoint, runtime, "runtime", None, runtime)
     return EffectiveFlag(endpoint, Flag(serve=routes[endpoint].default), "default")
+
+
+def pin_conflicts(state: FlagState, routes: RouteTable, pins: Mapping[str, Backend]) -> list[str]:
+    """Warnings where a pin overrides a different runtime flag, saying what a restart keeps."""
+    warnings = []
+    for name in routes.routes:
+        effective = resolve(state, routes, pins, name)
+        if (
+            effective.pinned_by
+            and effective.runtime
+            and effective.runtime.serve != effective.flag.serve
+        ):
+            warnings.append(
+                f"{name}: the runtime flag says {effective.runtime.serve} but "
+                f"{effective.pinned_by}={effective.flag.serve} overrides it; a restart keeps the "
+                f"pin ({effective.flag.serve}) until the drop-in is removed"
+            )
+    return warnings
 
 
 def parse_state(raw: bytes, routes: RouteTable) -> FlagState:
@@ -161,6 +180,7 @@ class FlagStore:
         percent: int | EllipsisType | None = ...,
         actor: str,
         reason: str | None = None,
+        forced: bool = False,
     ) -> Change | None:
         """Change one endpoint's flag (fields left out keep their value); None if no change.
 
@@ -182,7 +202,9 @@ class FlagStore:
             )
             if after.settings() == current.settings():
                 return None
-            changes = self._commit(state, {endpoint: after}, before={endpoint: current})
+            changes = self._commit(
+                state, {endpoint: after}, before={endpoint: current}, forced=forced
+            )
         return changes[0]
 
     def rollback(
@@ -232,7 +254,12 @@ class FlagStore:
             )
 
     def _commit(
-        self, state: FlagState, updates: Mapping[str, Flag], *, before: Mapping[str, Flag]
+        self,
+        state: FlagState,
+        updates: Mapping[str, Flag],
+        *,
+        before: Mapping[str, Flag],
+        forced: bool = False,
     ) -> list[Change]:
         generation = state.generation + 1
         flags = {**state.flags, **updates}
@@ -242,7 +269,7 @@ class FlagStore:
             "flags": {name: asdict(flag) for name, flag in sorted(flags.items())},
         }
         atomic_write(self.path, orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
-        changes = [Change(n, before[n], updates[n], generation) for n in updates]
+        changes = [Change(n, before[n], updates[n], generation, forced) for n in updates]
         with self.audit_path.open("ab") as audit:
             for change in changes:
                 audit.write(orjson.dumps(audit_record(change)) + b"\n")
@@ -262,7 +289,8 @@ class FlagStore:
 
 
 def audit_record(change: Change) -> dict[str, Any]:
-    return {
+    """One line of `audit.jsonl`."""
+    record: dict[str, Any] = {
         "time": change.after.changed_at,
         "endpoint": change.endpoint,
         "before": change.before.settings(),
@@ -271,6 +299,26 @@ def audit_record(change: Change) -> dict[str, Any]:
         "reason": change.after.reason,
         "generation": change.generation,
     }
+    if change.forced:
+        record["forced"] = True
+    return record
+
+
+def read_audit(state_dir: Path, endpoint: str | None = None) -> list[dict[str, Any]]:
+    """The audit trail, oldest first (a torn last line from a crash is skipped)."""
+    try:
+        lines = (state_dir / AUDIT_FILE).read_bytes().splitlines()
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if endpoint is None or record.get("endpoint") == endpoint:
+            records.append(record)
+    return records
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -294,9 +342,18 @@ class FlagView:
     `watch()` runs for the worker's lifetime and reloads the file when its identity changes.
     """
 
-    def __init__(self, store: FlagStore, *, poll_seconds: float) -> None:
+    def __init__(
+        self,
+        store: FlagStore,
+        *,
+        poll_seconds: float,
+        on_apply: Callable[[FlagState], None] | None = None,
+        on_error: Callable[[Exception], None] | None = None,
+    ) -> None:
         self.store = store
         self.poll_seconds = poll_seconds
+        self.on_apply = on_apply
+        self.on_error = on_error
         self.state = FlagState()
         self.load_errors = 0
         self._serving: dict[str, Backend] = {}
@@ -319,6 +376,8 @@ class FlagView:
             state = self.store.read()
         except (FlagStateError, OSError) as exc:
             self.load_errors += 1
+            if self.on_error:
+                self.on_error(exc)
             log.error(
                 "flag file not applied, keeping generation %d: %s", self.state.generation, exc
             )
@@ -333,6 +392,8 @@ class FlagView:
             )
         self.state = state
         self._reindex()
+        if self.on_apply:
+            self.on_apply(state)
         return True
 
     async def watch(self) -> None:

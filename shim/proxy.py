@@ -13,7 +13,7 @@ import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -22,6 +22,7 @@ from yarl import URL
 
 from adapters.errors import AdapterError
 from shim import headers as header_policy
+from shim import metrics
 from shim.errors import (
     BadBackendAnswer,
     BadRequest,
@@ -61,8 +62,8 @@ class Exchange:
     status: int = 0
     bytes_out: int = 0
     response_started: bool = False
+    translated: bool = False
     error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Proxy:
@@ -95,8 +96,14 @@ class Proxy:
                 raise
             await send_error(send, exc, exchange)
         finally:
+            seconds = time.perf_counter() - exchange.started
+            metrics.observe_request(
+                exchange.endpoint, exchange.client, exchange.backend, exchange.status, seconds
+            )
+            if exchange.error:
+                observe_failure(exchange)
             if self.log_access:
-                write_access_log(exchange)
+                write_access_log(exchange, seconds)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, ex: Exchange) -> None:
         match = self.routes.match(ex.path)
@@ -196,6 +203,8 @@ class Proxy:
         """Parse once, translate, send, translate the answer back, answer in one message."""
         route, client, backend = match.route, match.client, ex.backend
         assert route.adapter is not None and client is not None and backend is not None
+        ex.translated = True
+        metrics.TRANSLATIONS.labels(route.name, f"{client}->{backend}").inc()
         raw = await read_body(receive, limit=self.max_json_bytes, declared=request.content_length)
         document = parse_json(raw, side="client")
         try:
@@ -375,7 +384,24 @@ async def send_error(send: Send, exc: ShimError, ex: Exchange) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def write_access_log(ex: Exchange) -> None:
+BACKEND_FAILURES = frozenset(
+    {"backend_error", "backend_unreachable", "bad_backend_answer", "backend_timeout"}
+)
+CLIENT_BODY_FAILURES = frozenset({"bad_json", "bad_shape"})
+
+
+def observe_failure(ex: Exchange) -> None:
+    """Count a failed exchange as an upstream error and/or a translation failure."""
+    if ex.error in BACKEND_FAILURES and ex.backend:
+        metrics.UPSTREAM_ERRORS.labels(ex.backend, ex.error).inc()
+    if ex.translated and ex.endpoint:
+        if ex.error in CLIENT_BODY_FAILURES:
+            metrics.TRANSLATION_FAILURES.labels(ex.endpoint, "client").inc()
+        elif ex.error == "bad_backend_answer":
+            metrics.TRANSLATION_FAILURES.labels(ex.endpoint, "backend").inc()
+
+
+def write_access_log(ex: Exchange, seconds: float) -> None:
     """One JSON line per request, with the request id."""
     if not access_log.isEnabledFor(logging.INFO):
         return
@@ -387,7 +413,7 @@ def write_access_log(ex: Exchange) -> None:
         "face": ex.client,
         "backend": ex.backend,
         "status": ex.status,
-        "duration_ms": round((time.perf_counter() - ex.started) * 1000, 3),
+        "duration_ms": round(seconds * 1000, 3),
         "bytes_out": ex.bytes_out,
     }
     if ex.error:

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     read_timeout: float = Field(30.0, gt=0)
     max_connections_per_backend: int = Field(256, ge=1)
     flag_poll_seconds: float = Field(0.2, gt=0, le=1.0)
+    flip_wait_seconds: float = Field(2.0, ge=0, le=30)
+    metrics_dir: Path | None = None  # default: STATE_DIR/metrics; PROMETHEUS_MULTIPROC_DIR wins
+    backend_health_path: str = "/health"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
 
@@ -79,6 +82,13 @@ class Settings(BaseSettings):
 
     def backend_url(self, backend: Backend) -> str:
         return self.rust_url if backend == "rust" else self.go_url
+
+    def resolved_metrics_dir(self) -> Path:
+        """Where workers keep multiprocess metric files (wiped when `shim serve` starts)."""
+        explicit = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if explicit:
+            return Path(explicit)
+        return self.metrics_dir or self.state_dir / "metrics"
 
     def resolved_routes_file(self) -> Path:
         """The route table path; a relative one is tried in the working directory, then in

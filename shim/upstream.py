@@ -8,6 +8,7 @@ with aiohttp, ~207 µs with httpx over an aiohttp transport and ~1,170 µs with 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -17,6 +18,8 @@ from shim.errors import BackendError, BackendTimeout, BackendUnreachable, BadBac
 from shim.routes import Route
 from shim.settings import Settings
 from shim.types import BACKENDS, Backend
+
+_PROBE_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
 
 
 class Upstream:
@@ -71,6 +74,21 @@ class Upstream:
             allow_redirects=False,
             timeout=self.timeout(route),
         )
+
+    async def probe(self, backend: Backend, path: str) -> dict[str, object]:
+        """Is the backend answering HTTP at all? Any status counts as reachable."""
+        url = self.base_urls[backend] + path
+        started = time.perf_counter()
+        try:
+            async with (
+                translate_errors(backend, url),
+                self._sessions[backend].get(url, timeout=_PROBE_TIMEOUT) as response,
+            ):
+                await response.read()
+        except BackendError as exc:
+            return {"reachable": False, "url": url, "error": exc.message}
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
+        return {"reachable": True, "url": url, "status": response.status, "ms": elapsed_ms}
 
     def timeout(self, route: Route) -> aiohttp.ClientTimeout:
         """The route's connect and between-bytes read timeouts (cached per pair)."""

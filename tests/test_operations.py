@@ -1,0 +1,310 @@
+"""The operator's surface: admin listener, tokens, pins, verified flips, metrics, units."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.servers import ROOT, SHIM, Shim, free_port
+
+TOKEN = "test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def raw_request(port: int, target: str, method: str = "GET") -> tuple[int, bytes]:
+    """Send exactly these bytes: no client library normalises the path for us."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(
+            f"{method} {target} HTTP/1.1\r\nHost: shim\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def audit(shim: Shim) -> list[dict[str, object]]:
+    path = shim.state_dir / "audit.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/_shim/flags",
+        "/_go/../_shim/flags",
+        "/_go/%2e%2e/_shim/flags",
+        "/_shim%2Fflags",
+        "/%5Fshim/flags",
+        "/_go/v1/../../_shim/flags",
+        "/_shim/readyz",
+        "/metrics",
+        "/_shim/rollback",
+        "/_go/_shim/flags",
+        "/storage/../_shim/flags",
+    ],
+)
+def test_admin_paths_are_unreachable_from_the_proxy_port(
+    start_shim: Callable[..., Shim], target: str
+) -> None:
+    shim = start_shim(SHIM_ADMIN_TOKEN=TOKEN)
+    status, body = raw_request(shim.port, target)
+    assert status in (400, 404), (target, status, body)
+    document = json.loads(body)
+    assert "error" in document and "generation" not in body.decode()
+    post_status, _ = raw_request(shim.port, "/_shim/rollback", method="POST")
+    assert post_status == 404
+    assert audit(shim) == []
+
+
+def test_only_healthz_answers_under_shim_on_the_proxy_port(start_shim: Callable[..., Shim]) -> None:
+    shim = start_shim()
+    status, body = raw_request(shim.port, "/_shim/healthz")
+    assert status == 200 and json.loads(body) == {"status": "ok"}
+
+
+def test_admin_writes_need_the_right_token_and_are_audited_once(
+    start_shim: Callable[..., Shim],
+) -> None:
+    shim = start_shim(SHIM_ADMIN_TOKEN=TOKEN)
+    url = f"{shim.admin_url}/_shim/flags/embed"
+    body = {"serve": "go", "reason": "api cutover"}
+    missing = httpx.put(url, json=body)
+    wrong = httpx.put(url, json=body, headers={"Authorization": "Bearer nope"})
+    assert missing.status_code == wrong.status_code == 401
+    assert missing.json()["error"]["code"] == "unauthorized"
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert audit(shim) == []
+    right = httpx.put(url, json=body, headers={**AUTH, "X-Shim-Actor": "alice"})
+    assert right.status_code == 200, right.text
+    assert right.json()["applied"]["complete"] is True
+    served = httpx.post(f"{shim.url}/ai/embed", json={"texts": ["a"]})
+    assert served.headers["x-shim-backend"] == "go"
+    [record] = audit(shim)
+    assert record["actor"] == "api:alice" and record["reason"] == "api cutover"
+    assert record["before"]["serve"] == "rust" and record["after"]["serve"] == "go"
+    again = httpx.put(url, json=body, headers=AUTH)
+    assert again.json()["changed"] is False and len(audit(shim)) == 1
+    rollback = httpx.post(f"{shim.admin_url}/_shim/rollback", headers=AUTH)
+    assert [c["endpoint"] for c in rollback.json()["changes"]] == ["embed"]
+    assert len(audit(shim)) == 2
+    history = shim.cli("flags", "--history", "embed").stdout
+    assert "api:alice" in history and "go -> rust" in history
+
+
+def test_without_a_configured_token_writes_are_refused_saying_how_to_enable_them(
+    start_shim: Callable[..., Shim],
+) -> None:
+    shim = start_shim()
+    response = httpx.put(f"{shim.admin_url}/_shim/flags/embed", json={"serve": "go"}, headers=AUTH)
+    assert response.status_code == 403
+    assert "SHIM_ADMIN_TOKEN" in response.json()["error"]["message"]
+    assert httpx.get(f"{shim.admin_url}/_shim/flags").status_code == 200  # reads stay open
+
+
+def test_pinned_endpoint_is_409_naming_the_variable_and_readyz_warns(
+    start_shim: Callable[..., Shim],
+) -> None:
+    shim = start_shim(SHIM_ADMIN_TOKEN=TOKEN)
+    shim.cli("flags", "set", "embed", "go")
+    shim.stop()
+    shim.server.env["SHIM_PIN__EMBED"] = "rust"
+    shim.start()
+    response = httpx.put(f"{shim.admin_url}/_shim/flags/embed", json={"serve": "go"}, headers=AUTH)
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "flag_pinned"
+    assert "SHIM_PIN__EMBED" in response.json()["error"]["message"]
+    ready = httpx.get(f"{shim.admin_url}/_shim/readyz").json()
+    assert any("SHIM_PIN__EMBED" in w and "restart keeps the pin" in w for w in ready["warnings"])
+    # An operator's shell lacks the service's environment: the pin comes from the workers.
+    operator_env = {k: v for k, v in shim.env.items() if k != "SHIM_PIN__EMBED"}
+    operator = subprocess.run(
+        [*SHIM, "flags"], env=operator_env, capture_output=True, text=True, cwd=ROOT
+    )
+    assert "SHIM_PIN__EMBED" in operator.stdout and "warning: embed" in operator.stdout
+    refused = subprocess.run(
+        [*SHIM, "flags", "set", "embed", "go"],
+        env=operator_env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert refused.returncode == 1 and "SHIM_PIN__EMBED" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "status"),
+    [
+        ("matrix_search", {"serve": "rust"}, 422),
+        ("embed", {"sevre": "go"}, 422),
+        ("embed", {"percent": 250}, 422),
+        ("embed", {"serve": "python"}, 422),
+        ("embed", {"shadow": "yes"}, 422),
+        ("nope", {"serve": "go"}, 404),
+    ],
+)
+def test_invalid_flag_changes_are_refused_with_a_json_error(
+    start_shim: Callable[..., Shim], endpoint: str, body: dict[str, object], status: int
+) -> None:
+    shim = start_shim(SHIM_ADMIN_TOKEN=TOKEN)
+    response = httpx.put(f"{shim.admin_url}/_shim/flags/{endpoint}", json=body, headers=AUTH)
+    assert response.status_code == status
+    assert response.json()["error"]["message"]
+    assert audit(shim) == []
+
+
+def test_flip_reports_every_worker_applied_and_traffic_confirms(
+    start_shim: Callable[..., Shim],
+) -> None:
+    shim = start_shim(workers=4, SHIM_ADMIN_TOKEN=TOKEN)
+    cli = shim.cli("flags", "set", "embed", "go")
+    assert "applied by 4/4 workers" in cli.stdout
+    with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        seen = {
+            client.post(f"{shim.url}/ai/embed", json={"texts": ["a"]}).headers["x-shim-backend"]
+            for _ in range(40)
+        }
+    assert seen == {"go"}
+    api = httpx.put(f"{shim.admin_url}/_shim/flags/embed", json={"serve": "rust"}, headers=AUTH)
+    assert api.json()["applied"]["summary"] == "applied by 4/4 workers"
+    document = httpx.get(f"{shim.admin_url}/_shim/flags").json()
+    assert len(document["workers"]) == 4 and all(w["applied"] for w in document["workers"])
+
+
+def scrape(shim: Shim) -> dict[str, float]:
+    response = httpx.get(f"{shim.admin_url}/metrics")
+    assert response.status_code == 200
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            key = sample.name + json.dumps(sample.labels, sort_keys=True)
+            values[key] = sample.value
+    return values
+
+
+def embed_requests(values: dict[str, float]) -> float:
+    return sum(
+        v
+        for k, v in values.items()
+        if k.startswith("shim_requests_total") and '"endpoint": "embed"' in k
+    )
+
+
+def test_metrics_count_every_request_exactly_across_two_workers(
+    start_shim: Callable[..., Shim],
+) -> None:
+    shim = start_shim(workers=2)
+    before = embed_requests(scrape(shim))
+    with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        for i in range(60):
+            face = "/ai/embed" if i % 2 else "/v1/embed"
+            assert client.post(shim.url + face, json={"texts": [f"t{i}"]}).status_code == 200
+    values = scrape(shim)
+    assert embed_requests(values) - before == 60
+    assert values['shim_flag_serving{"backend": "rust", "endpoint": "embed"}'] == 1
+    assert values["shim_flag_generation{}"] == 0
+    assert any(k.startswith("shim_request_duration_seconds_bucket") for k in values)
+    assert any(
+        k.startswith("shim_translations_total") and '"rust->go"' not in k and '"go->rust"' in k
+        for k in values
+    )
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package prometheus): text parsed only")
+    text = httpx.get(f"{shim.admin_url}/metrics").text
+    check = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_flag_changes_are_counted_from_the_audit_trail(start_shim: Callable[..., Shim]) -> None:
+    shim = start_shim(workers=2)
+    shim.cli("flags", "set", "sql", "go")
+    shim.cli("rollback", "sql")
+    values = scrape(shim)
+    assert values['shim_flag_changes_total{"actor": "cli", "endpoint": "sql"}'] == 2
+
+
+def test_a_corrupt_flag_file_is_never_served(start_shim: Callable[..., Shim]) -> None:
+    shim = start_shim(workers=2)
+    shim.cli("flags", "set", "embed", "go")
+    (shim.state_dir / "flags.json").write_text('{"version": 1, "generation": 7, "flags": {"emb')
+    import time
+
+    time.sleep(0.8)
+    with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        seen = {
+            client.post(f"{shim.url}/ai/embed", json={"texts": ["a"]}).headers["x-shim-backend"]
+            for _ in range(20)
+        }
+    assert seen == {"go"}
+    assert httpx.get(f"{shim.admin_url}/_shim/flags").json()["generation"] == 1
+    values = scrape(shim)
+    assert values["shim_flag_load_errors_total{}"] >= 2  # each worker counted its own refusal
+    check = shim.cli("check", check=False)
+    assert check.returncode == 1 and "flag file" in check.stderr
+
+
+def test_readyz_names_the_backend_that_is_down(start_shim: Callable[..., Shim]) -> None:
+    shim = start_shim(go_url=f"http://127.0.0.1:{free_port()}")
+    response = httpx.get(f"{shim.admin_url}/_shim/readyz")
+    assert response.status_code == 503
+    backends = response.json()["backends"]
+    assert backends["rust"]["reachable"] is True and backends["go"]["reachable"] is False
+    assert "SHIM_GO_URL" in backends["go"]["error"]
+
+
+def test_alert_rules_pass_promtool() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package prometheus)")
+    rules = ROOT / "deploy" / "prometheus" / "cutover-shim.rules.yml"
+    check = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    json.loads((ROOT / "deploy" / "grafana" / "cutover-shim.json").read_text())
+
+
+def verify(unit: Path) -> None:
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+def test_systemd_units_and_drop_ins_verify(tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not installed")
+    systemd = ROOT / "deploy" / "systemd"
+    # The unit names /opt/cutover-shim; verify checks that ExecStart exists, so point it here.
+    unit = tmp_path / "cutover-shim.service"
+    unit.write_text(
+        (systemd / "cutover-shim.service").read_text().replace("/opt/cutover-shim", str(ROOT))
+    )
+    drop_ins = tmp_path / "cutover-shim.service.d"
+    drop_ins.mkdir()
+    for conf in [
+        *(systemd / "cutover-shim.service.d").glob("*.conf"),
+        *(systemd / "examples").glob("*.conf"),
+    ]:
+        shutil.copy(conf, drop_ins)
+    verify(unit)
+    frontend = tmp_path / "frontend"
+    (frontend / "lakehouse-agent.service.d").mkdir(parents=True)
+    (frontend / "lakehouse-agent.service").write_text(
+        "[Unit]\nDescription=stand-in for the Bun frontend\n[Service]\nExecStart=/bin/true\n"
+    )
+    shutil.copy(
+        systemd / "lakehouse-agent.service.d" / "go-cutover.conf",
+        frontend / "lakehouse-agent.service.d",
+    )
+    verify(frontend / "lakehouse-agent.service")
