@@ -45,8 +45,12 @@ def l2_normalize(matrix: np.ndarray) -> np.ndarray:
     >>> l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]])).tolist()
     [[0.6, 0.8], [0.0, 0.0]]
     """
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
+    # Scale each row by its largest magnitude first, so squaring neither underflows
+    # (rows near 1e-160) nor overflows (rows near 1e160).
+    scale = np.max(np.abs(matrix), axis=1, keepdims=True) if matrix.size else np.ones((0, 1))
+    scaled = np.divide(matrix, scale, out=np.zeros_like(matrix), where=scale > 0)
+    norms = np.linalg.norm(scaled, axis=1, keepdims=True)
+    return np.divide(scaled, norms, out=np.zeros_like(matrix), where=norms > 0)
 
 
 def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -154,5 +154,21 @@ def test_go_to_rust_to_go_keeps_directions(matrix: np.ndarray) -> None:
 
 
 def unit_rows(matrix: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
+    """Reference normalisation, one row at a time in exact-ish float arithmetic."""
+    rows = []
+    for row in matrix:
+        biggest = max((abs(float(v)) for v in row), default=0.0)
+        if biggest == 0:
+            rows.append([0.0] * len(row))
+            continue
+        scaled = [float(v) / biggest for v in row]
+        norm = sum(v * v for v in scaled) ** 0.5
+        rows.append([v / norm for v in scaled])
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("magnitude", [1e-300, 1e-160, 1.0, 1e160, 1e300])
+def test_unit_rows_at_extreme_magnitudes(magnitude: float) -> None:
+    go = {"vectors": [[3.0 * magnitude, 4.0 * magnitude]], "dimension": 2, "model": "m"}
+    result = EMBED.translate_response(go, client="rust", backend="go", options=OPTIONS)
+    assert np.allclose(result.body["embeddings"], [[0.6, 0.8]], atol=1e-12)
