@@ -38,7 +38,8 @@ def translate_hit(hit: Any, *, client: Dialect, backend: Dialect, field: str) ->
     value = hit.get(rank_field)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ShapeError(f"{field}.{rank_field} must be a number", field=f"{field}.{rank_field}")
-    translated: JSONObject = {"id": hit_id, RANK_FIELD[client]: 1.0 - value}
+    ranked = value if client == backend else 1.0 - value
+    translated: JSONObject = {"id": hit_id, RANK_FIELD[client]: ranked}
     translated.update(passthrough_fields(hit, frozenset({"id", rank_field})))
     return translated
 

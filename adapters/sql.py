@@ -7,6 +7,7 @@ Rust does not say column types, so a Go-face client served by Rust sees ``"type"
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,33 @@ from adapters.base import (
 from adapters.errors import ShapeError
 
 STATEMENT_FIELD: Mapping[Dialect, str] = {"rust": "sql", "go": "query"}
+_WRITES = re.compile(
+    r"\b(insert|update|delete|replace|merge|upsert|drop|alter|create|truncate|attach|detach|"
+    r"pragma|vacuum|reindex|grant|revoke|copy|call|exec|execute|set|begin|commit|rollback)\b",
+    re.IGNORECASE,
+)
+_COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
+
+
+def is_read_only(statement: str) -> bool:
+    """Conservatively: one SELECT/WITH/VALUES/EXPLAIN statement naming no writing keyword.
+
+    Only statements that pass are shadowed (sent to the other backend too); a false "no"
+    costs a comparison, a false "yes" could write twice, so the test errs towards "no".
+    """
+    text = _COMMENTS.sub(" ", statement).strip().rstrip(";").strip()
+    if ";" in text or not text:
+        return False
+    first = text.split(None, 1)[0].lower()
+    return first in ("select", "with", "values", "explain") and not _WRITES.search(text)
+
+
+def statement_of(body: object, dialect: Dialect) -> str | None:
+    """The SQL text of a request in `dialect`, if it has one."""
+    value = body.get(STATEMENT_FIELD[dialect]) if isinstance(body, dict) else None
+    return value if isinstance(value, str) else None
+
+
 UNKNOWN_TYPE = "unknown"
 
 

@@ -32,6 +32,8 @@ from shim.errors import (
     Unauthorized,
 )
 from shim.flags import Change, FlagStore, FlagView, pin_conflicts, resolve
+from shim.parity import ParityStore
+from shim.parity import verdicts as parity_verdicts
 from shim.routes import RouteTable
 from shim.settings import Settings
 from shim.types import BACKENDS
@@ -52,6 +54,7 @@ class AdminContext:
     flags: FlagView
     upstream: Upstream
     workers: WorkerRegistry
+    parity: ParityStore
 
 
 def flags_document(context: AdminContext) -> dict[str, Any]:
@@ -231,6 +234,18 @@ def build_admin(context: AdminContext) -> Starlette:
             }
         )
 
+    async def parity(request: Request) -> Response:
+        records = await asyncio.to_thread(
+            context.parity.samples, window_seconds=settings.parity_window_hours * 3600
+        )
+        results = parity_verdicts(context.routes, records)
+        return JSONResponse(
+            {
+                "window_hours": settings.parity_window_hours,
+                "endpoints": {name: verdict.to_dict() for name, verdict in results.items()},
+            }
+        )
+
     async def metrics_text(request: Request) -> Response:
         body = await asyncio.to_thread(metrics.render, settings.state_dir)
         return Response(body, media_type=metrics.CONTENT_TYPE)
@@ -257,6 +272,7 @@ def build_admin(context: AdminContext) -> Starlette:
             Route("/_shim/flags", get_flags, methods=["GET"]),
             Route("/_shim/flags/{endpoint}", put_flag, methods=["PUT"]),
             Route("/_shim/rollback", rollback, methods=["POST"]),
+            Route("/_shim/parity", parity, methods=["GET"]),
             Route("/metrics", metrics_text, methods=["GET"]),
         ],
         exception_handlers={ShimError: shim_error, HTTPException: http_error},

@@ -20,9 +20,11 @@ from shim import logs, metrics
 from shim.admin import AdminContext, build_admin
 from shim.errors import NotFound
 from shim.flags import FlagState, FlagStore, FlagView, check_pins
+from shim.parity import ParityStore
 from shim.proxy import Exchange, Proxy, send_error
 from shim.routes import RouteTable, load_routes
 from shim.settings import Settings, load_settings
+from shim.shadow import Shadower
 from shim.types import Receive, Scope, Send
 from shim.upstream import Upstream
 from shim.workers import HEARTBEAT_SECONDS, WorkerRegistry, WorkerStatus
@@ -54,9 +56,13 @@ class ShimApp:
             on_error=lambda exc: metrics.FLAG_LOAD_ERRORS.inc(),
         )
         self.upstream = Upstream(settings)
-        self.proxy = Proxy(routes, self.flags, self.upstream, settings)
+        self.parity = ParityStore(settings.state_dir)
+        self.shadower = Shadower(settings, self.upstream, self.parity)
+        self.proxy = Proxy(routes, self.flags, self.upstream, settings, self.shadower)
         self.admin = build_admin(
-            AdminContext(settings, routes, self.store, self.flags, self.upstream, self.workers)
+            AdminContext(
+                settings, routes, self.store, self.flags, self.upstream, self.workers, self.parity
+            )
         )
         self._admin_address = (settings.admin_host, settings.admin_port)
 
@@ -136,6 +142,7 @@ class ShimApp:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await self.shadower.close()
             await self.upstream.close()
             self.workers.remove(self.pid)
             metrics.worker_exited(self.pid)

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from adapters.registry import LOSS_DESCRIPTIONS
 from shim import __version__
@@ -84,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rust-port", type=int, default=3100, help="Rust backend (default 3100)")
     demo.add_argument("--go-port", type=int, default=4110, help="Go backend (default 4110)")
     demo.add_argument("--workers", type=int, default=2, help="shim workers (default 2)")
-    demo.set_defaults(run=run_demo)
+    demo.set_defaults(run=_run_demo)
 
     reference = commands.add_parser("reference", help="serve one reference backend")
     reference.add_argument("backend", choices=["rust", "go"])
@@ -122,6 +120,34 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("endpoints", nargs="*", metavar="ENDPOINT")
     rollback.add_argument("--reason", help="recorded in the audit trail")
     rollback.set_defaults(run=run_rollback)
+
+    parity = commands.add_parser("parity", help="parity verdicts from shadow traffic")
+    _config_option(parity)
+    parity.add_argument("--endpoint", help="one endpoint only")
+    parity.add_argument("--markdown", action="store_true", help="rows in the seed's log format")
+    parity.add_argument("--json", action="store_true", help="everything, as JSON")
+    parity.set_defaults(run=run_parity)
+    parity_commands = parity.add_subparsers(metavar="ACTION")
+    parity_probe = parity_commands.add_parser(
+        "probe", help="send the same requests to both backends now and compare"
+    )
+    _config_option(parity_probe)
+    parity_probe.add_argument("endpoint")
+    parity_probe.add_argument("--samples", type=int, default=5, help="requests (default 5)")
+    parity_probe.add_argument(
+        "--input", type=Path, help="JSON lines of request bodies (default: built-in rehearsal)"
+    )
+    parity_probe.add_argument(
+        "--face",
+        choices=["rust", "go"],
+        default="rust",
+        help="the dialect the inputs are written in (default rust)",
+    )
+    parity_probe.add_argument(
+        "--record", action="store_true", help="also keep the comparisons in the parity store"
+    )
+    parity_probe.add_argument("--markdown", action="store_true")
+    parity_probe.set_defaults(run=run_parity_probe)
 
     check = commands.add_parser("check", help="validate settings, route table and flag state")
     _config_option(check)
@@ -443,104 +469,62 @@ def explain_routes(routes: RouteTable) -> str:
     return "\n".join(lines)
 
 
-# -- demo --------------------------------------------------------------------------------
+# -- demo, parity -------------------------------------------------------------------------
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    """Both reference backends and the shim as child processes; Ctrl-C stops all of them."""
-    environment = {
-        **os.environ,
-        "SHIM_RUST_URL": f"http://127.0.0.1:{args.rust_port}",
-        "SHIM_GO_URL": f"http://127.0.0.1:{args.go_port}",
-    }
-    python = [sys.executable, "-m", "shim"]
-    commands = [
-        [*python, "reference", "rust", "--port", str(args.rust_port)],
-        [*python, "reference", "go", "--port", str(args.go_port)],
-        [
-            *python,
-            "serve",
-            "--port",
-            str(args.port),
-            "--admin-port",
-            str(args.admin_port),
-            "--workers",
-            str(args.workers),
-        ],
-    ]
-    children: list[subprocess.Popen[bytes]] = []
+def _run_demo(args: argparse.Namespace) -> int:
+    from shim.demo import run_demo
 
-    def stop(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        for command in commands:
-            children.append(subprocess.Popen(command, env=environment))
-        for port in (args.rust_port, args.go_port, args.port, args.admin_port):
-            _wait_for_port(port, children)
-        _wait_for_http(f"http://127.0.0.1:{args.port}/_shim/healthz", children)
-        print(demo_banner(args), flush=True)
-        while all(child.poll() is None for child in children):
-            time.sleep(0.5)
-        print("shim demo: a process exited; stopping the rest", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\nshim demo: stopping", file=sys.stderr)
-        return 0
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + 10
-        for child in children:
-            try:
-                child.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+    return run_demo(args)
 
 
-def _wait_for_port(port: int, children: list[subprocess.Popen[bytes]]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if any(child.poll() is not None for child in children):
-            raise ShimError(f"a demo process exited during start-up (is port {port} free?)")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise ShimError(f"nothing listens on 127.0.0.1:{port} after 30 s")
+def run_parity(args: argparse.Namespace) -> int:
+    from shim.parity import ParityStore, markdown, table, verdicts
+
+    settings, routes = _load(args)
+    records = ParityStore(settings.state_dir).samples(
+        window_seconds=settings.parity_window_hours * 3600
+    )
+    results = verdicts(routes, records)
+    if args.endpoint:
+        if args.endpoint not in results:
+            raise UnknownEndpoint(f"{args.endpoint} is not an endpoint that can be shadowed")
+        results = {args.endpoint: results[args.endpoint]}
+    if args.json:
+        print(
+            orjson.dumps(
+                {n: v.to_dict() for n, v in results.items()}, option=orjson.OPT_INDENT_2
+            ).decode()
+        )
+    elif args.markdown:
+        print(markdown(routes, results, notes="shadowed live traffic"))
+    else:
+        print(table(results))
+        print(
+            f"\nwindow: last {settings.parity_window_hours:g} h of {len(records)} samples "
+            f"in {settings.state_dir / 'parity'}"
+        )
+    return 0
 
 
-def _wait_for_http(url: str, children: list[subprocess.Popen[bytes]]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            if any(child.poll() is not None for child in children):
-                raise ShimError("a demo process exited during start-up") from None
-            time.sleep(0.1)
-    raise ShimError(f"{url} did not answer in 30 s")
+def run_parity_probe(args: argparse.Namespace) -> int:
+    import asyncio
 
+    from shim.parity import markdown, table
+    from shim.probe import builtin_requests, probe, read_requests
 
-def demo_banner(args: argparse.Namespace) -> str:
-    shim = f"http://127.0.0.1:{args.port}"
-    return f"""
-cutover-shim demo is up. Ctrl-C stops everything.
-
-  rust backend  http://127.0.0.1:{args.rust_port}     go backend  http://127.0.0.1:{args.go_port}
-  shim proxy    {shim}     admin       http://127.0.0.1:{args.admin_port}
-
-Try, from another terminal in this directory (the README's demo tour has more):
-
-  curl -si {shim}/ai/embed -d '{{"texts": ["forklift operator"]}}' | head -n 8
-  curl -s {shim}/_go/v1/embed -d '{{"texts": ["forklift operator"]}}' | head -c 120; echo
-  .venv/bin/shim flags set embed go --reason "demo cutover"
-  curl -si {shim}/ai/embed -d '{{"texts": ["forklift operator"]}}' | grep -i x-shim-backend
-  .venv/bin/shim rollback embed --reason "demo rollback"
-  .venv/bin/shim flags
-"""
+    settings, routes = _load(args)
+    if args.endpoint not in routes:
+        raise UnknownEndpoint(f"no endpoint {args.endpoint!r} in the route table")
+    route = routes[args.endpoint]
+    requests = (
+        read_requests(args.input)[: args.samples]
+        if args.input
+        else list(builtin_requests(route, args.face, args.samples))
+    )
+    verdict, _ = asyncio.run(probe(settings, route, requests, face=args.face, record=args.record))
+    if args.markdown:
+        print(markdown(routes, {route.name: verdict}, notes=f"probe of {len(requests)} requests"))
+    else:
+        print(table({route.name: verdict}))
+    return 0 if verdict.verdict == "PASS" else EXIT_REFUSED

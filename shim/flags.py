@@ -187,7 +187,7 @@ class FlagStore:
         Raises UnknownEndpoint, FlagRefused (Go-only endpoint to rust, bad percent) or
         FlagPinned (an environment pin fixes the backend).
         """
-        self._check(endpoint, serve, percent)
+        self._check(endpoint, serve, percent, shadow)
         with self._locked():
             state = self.read()
             before = resolve(state, self.routes, self.pins, endpoint)
@@ -233,14 +233,24 @@ class FlagStore:
             prior = {n: before[n].runtime or before[n].flag for n in updates}
             return self._commit(state, updates, before=prior)
 
-    def _check(self, endpoint: str, serve: Backend | None, percent: object) -> None:
+    def _check(
+        self, endpoint: str, serve: Backend | None, percent: object, shadow: bool | None = None
+    ) -> None:
         if endpoint not in self.routes:
             known = ", ".join(sorted(self.routes.routes))
             raise UnknownEndpoint(f"no endpoint {endpoint!r} in the route table ({known})")
         if serve is not None and serve not in BACKENDS:
             raise FlagRefused(f"serve must be rust or go, not {serve!r}")
-        if serve == "rust" and self.routes[endpoint].go_only:
+        route = self.routes[endpoint]
+        if serve == "rust" and route.go_only:
             raise FlagRefused(f"{endpoint} is Go-only: it has no Rust backend to serve it")
+        if shadow and not route.shadowable:
+            why = (
+                "it is Go-only: there is no other backend to compare with"
+                if route.go_only
+                else "it is not idempotent (a mirrored request would run twice)"
+            )
+            raise FlagRefused(f"{endpoint} cannot be shadowed: {why}")
         if percent not in (None, ...) and (
             isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100
         ):
@@ -357,12 +367,17 @@ class FlagView:
         self.state = FlagState()
         self.load_errors = 0
         self._serving: dict[str, Backend] = {}
+        self._shadowing: frozenset[str] = frozenset()
         self._identity: tuple[int, int, int] | None = None
         self._reindex()
 
     def serving(self, endpoint: str) -> Backend:
         """The backend serving `endpoint` now (a dict lookup)."""
         return self._serving[endpoint]
+
+    def shadowing(self, endpoint: str) -> bool:
+        """Whether `endpoint`'s traffic is mirrored to the other backend now."""
+        return endpoint in self._shadowing
 
     def effective(self, endpoint: str) -> EffectiveFlag:
         return resolve(self.state, self.store.routes, self.store.pins, endpoint)
@@ -410,7 +425,13 @@ class FlagView:
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _reindex(self) -> None:
-        self._serving = {name: self.effective(name).flag.serve for name in self.store.routes.routes}
+        flags = {name: self.effective(name).flag for name in self.store.routes.routes}
+        self._serving = {name: flag.serve for name, flag in flags.items()}
+        self._shadowing = frozenset(
+            name
+            for name, flag in flags.items()
+            if flag.shadow and self.store.routes[name].shadowable
+        )
 
 
 def cli_actor() -> str:

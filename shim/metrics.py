@@ -13,6 +13,7 @@ import os
 from collections import Counter as Tally
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     REGISTRY,
@@ -80,6 +81,29 @@ FLAG_PIN_CONFLICT = Gauge(
     multiprocess_mode="livemax",
 )
 
+PARITY_COMPARISONS = Counter(
+    "shim_parity_comparisons_total",
+    "Shadow comparisons, by endpoint and result (match, mismatch, error).",
+    ["endpoint", "result"],
+)
+PARITY_COSINE = Histogram(
+    "shim_parity_cosine",
+    "Lowest per-vector cosine of each embed comparison.",
+    ["endpoint"],
+    buckets=(0.5, 0.9, 0.95, 0.99, 0.999, 0.9999, 0.99999, 0.999999, 1.0),
+)
+PARITY_RECALL = Histogram(
+    "shim_parity_recall",
+    "recall@k of ids of each search comparison.",
+    ["endpoint"],
+    buckets=(0.5, 0.8, 0.9, 0.95, 0.99, 1.0),
+)
+SHADOW_SKIPPED = Counter(
+    "shim_shadow_skipped_total",
+    "Shadows not sent, by endpoint and reason (saturated, too_large, sampled_out, ...).",
+    ["endpoint", "reason"],
+)
+
 _requests: dict[tuple[str, str, str, str], Counter] = {}
 _latency: dict[tuple[str, str], Histogram] = {}
 
@@ -99,6 +123,15 @@ def observe_request(
         if timing is None:
             timing = _latency[(endpoint, backend)] = LATENCY.labels(endpoint, backend)
         timing.observe(seconds)
+
+
+def observe_comparison(endpoint: str, comparison: Any, *, matched: bool) -> None:
+    """Count one shadow comparison and its cosine / recall."""
+    PARITY_COMPARISONS.labels(endpoint, "match" if matched else "mismatch").inc()
+    if "min_cosine" in comparison.metrics:
+        PARITY_COSINE.labels(endpoint).observe(comparison.metrics["min_cosine"])
+    if "recall" in comparison.metrics:
+        PARITY_RECALL.labels(endpoint).observe(comparison.metrics["recall"])
 
 
 def observe_flags(state: FlagState, routes: RouteTable, pins: dict[str, Backend]) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,8 +33,9 @@ from shim.errors import (
 from shim.flags import FlagView
 from shim.routes import RouteMatch, RouteTable
 from shim.settings import Settings
+from shim.shadow import Capture, Shadower
 from shim.types import Backend, Receive, Scope, Send
-from shim.upstream import Upstream, translate_errors
+from shim.upstream import Upstream, decode_body, translate_errors
 
 access_log = logging.getLogger("shim.access")
 log = logging.getLogger("shim.proxy")
@@ -70,11 +70,17 @@ class Proxy:
     """The proxy port's ASGI app for every route-table path."""
 
     def __init__(
-        self, routes: RouteTable, flags: FlagView, upstream: Upstream, settings: Settings
+        self,
+        routes: RouteTable,
+        flags: FlagView,
+        upstream: Upstream,
+        settings: Settings,
+        shadower: Shadower,
     ) -> None:
         self.routes = routes
         self.flags = flags
         self.upstream = upstream
+        self.shadower = shadower
         self.max_json_bytes = settings.max_json_bytes
         self.max_backend_json_bytes = max(settings.max_json_bytes * 8, 128 * 1024 * 1024)
         self.log_access = settings.access_log
@@ -130,10 +136,25 @@ class Proxy:
         )
         ex.request_id = request.request_id
         url = self._url(match, backend, scope)
+        capture = None
+        if self.flags.shadowing(route.name) and self.shadower.wanted(route, ex.method):
+            capture = Capture(
+                route,
+                match.client,
+                backend,
+                ex.method,
+                dict(match.params),
+                scope.get("query_string") or b"",
+                request.forward,
+                request.request_id,
+                self.shadower.limit,
+            )
         if rewrite:
-            await self._translate(receive, send, ex, match, url, request)
+            await self._translate(receive, send, ex, match, url, request, capture)
         else:
-            await self._stream(receive, send, ex, match, url, request)
+            await self._stream(receive, send, ex, match, url, request, capture)
+        if capture is not None:
+            self.shadower.submit(capture)  # after the client has its whole answer
 
     def _url(self, match: RouteMatch, backend: Backend, scope: Scope) -> URL:
         """Configured base URL + the route's path for that backend + the raw query string.
@@ -155,9 +176,13 @@ class Proxy:
         match: RouteMatch,
         url: URL,
         request: header_policy.ClientRequest,
+        capture: Capture | None,
     ) -> None:
-        """Bytes in, bytes out: nothing is parsed or buffered whole."""
+        """Bytes in, bytes out: nothing is parsed or buffered whole (a shadow keeps a copy,
+        capped)."""
         body = await request_body(receive, ex.method)
+        if capture is not None:
+            body = _tee_request(body, capture)
         forward = request.forward
         if not isinstance(body, bytes | None) and request.content_length is not None:
             # The body is passed on unchanged, so the client's length still frames it.
@@ -180,9 +205,14 @@ class Proxy:
                     "headers": response_headers,
                 }
             )
+            if capture is not None:
+                capture.primary_status = response.status
+                capture.primary_encoding = response.headers.get("Content-Encoding", "identity")
             async with translate_errors(backend, str(url)):
                 async for chunk in response.content.iter_any():
                     ex.bytes_out += len(chunk)
+                    if capture is not None:
+                        capture.keep_answer(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
         finally:
@@ -199,6 +229,7 @@ class Proxy:
         match: RouteMatch,
         url: URL,
         request: header_policy.ClientRequest,
+        capture: Capture | None,
     ) -> None:
         """Parse once, translate, send, translate the answer back, answer in one message."""
         route, client, backend = match.route, match.client, ex.backend
@@ -224,6 +255,10 @@ class Proxy:
             answer = await read_backend_body(response, limit=self.max_backend_json_bytes)
             raw_headers = response.raw_headers
             status = response.status
+        if capture is not None:
+            capture.keep_request(raw)
+            capture.keep_answer(answer)
+            capture.primary_status = status
         extra = header_policy.shim_headers(ex.request_id, ex.endpoint, backend)
         if not 200 <= status < 300:
             # The backend's own error, in its own words: passed on, not translated.
@@ -263,6 +298,22 @@ class Proxy:
         ex.status, ex.bytes_out, ex.response_started = status, len(body), True
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _tee_request(
+    body: bytes | AsyncIterator[bytes] | None, capture: Capture
+) -> bytes | AsyncIterator[bytes] | None:
+    """Keep a copy of the request body for the shadow while it goes upstream."""
+    if body is None or isinstance(body, bytes):
+        capture.keep_request(body or b"")
+        return body
+
+    async def copying() -> AsyncIterator[bytes]:
+        async for chunk in body:
+            capture.keep_request(chunk)
+            yield chunk
+
+    return copying()
 
 
 async def request_body(receive: Receive, method: str) -> bytes | AsyncIterator[bytes] | None:
@@ -324,18 +375,10 @@ async def read_backend_body(response: aiohttp.ClientResponse, *, limit: int) -> 
         if size > limit:
             raise BadBackendAnswer(f"the backend's answer is over {limit} bytes")
         chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = (response.headers.get("Content-Encoding") or "identity").lower()
-    if encoding in ("gzip", "deflate", "x-gzip"):
-        try:
-            return zlib.decompress(body, wbits=47)  # gzip or zlib framing, detected
-        except zlib.error as exc:
-            raise BadBackendAnswer(
-                f"the backend's {encoding} body does not decode: {exc}"
-            ) from None
-    if encoding != "identity":
-        raise BadBackendAnswer(f"the backend answered with unsupported encoding {encoding!r}")
-    return body
+    try:
+        return decode_body(b"".join(chunks), response.headers.get("Content-Encoding"))
+    except ValueError as exc:
+        raise BadBackendAnswer(f"the backend's answer cannot be read: {exc}") from None
 
 
 def parse_json(raw: bytes, *, side: str) -> Any:

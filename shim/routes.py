@@ -25,7 +25,7 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTI
 READ_ONLY: Literal["read-only"] = "read-only"
 _PARAMETER = re.compile(r"\{([a-z_][a-z0-9_]*)(:path)?\}")
 _ROUTE_KEYS = frozenset(
-    {"adapter", "default", "idempotent", "rust", "go", "options"}
+    {"adapter", "default", "idempotent", "rust", "go", "options", "parity"}
     | {"connect_timeout", "read_timeout"}
 )
 
@@ -45,6 +45,25 @@ class Face:
         return _PARAMETER.sub(lambda m: params[m.group(1)], self.template)
 
 
+COMPARATORS = ("cosine", "ranking", "json", "bytes")
+DEFAULT_COMPARATOR = {"embed": "cosine", "vectors_search": "ranking", "retrieve": "ranking"}
+
+
+@dataclass(frozen=True, slots=True)
+class ParityPolicy:
+    """How shadow answers are compared and judged for one endpoint (`[routes.X.parity]`)."""
+
+    comparator: str = "json"
+    min_samples: int = 20
+    min_cosine: float = 0.9999
+    min_recall: float = 0.95
+    tolerance: float = 1e-6
+    ignore: tuple[str, ...] = ()
+    max_failure_ratio: float = 0.0
+    sample_rate: float = 1.0
+    noise_rate: float = 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """One endpoint: its faces, adapter and policy."""
@@ -58,10 +77,19 @@ class Route:
     read_only_sql: bool
     connect_timeout: float | None
     read_timeout: float | None
+    parity: ParityPolicy = ParityPolicy()
 
     @property
     def go_only(self) -> bool:
         return "rust" not in self.faces
+
+    @property
+    def shadowable(self) -> bool:
+        """Both backends exist and some request may be mirrored."""
+        return not self.go_only and bool(self.idempotent_methods)
+
+    def may_shadow(self, method: str) -> bool:
+        return method in self.idempotent_methods
 
     def needs_rewrite(self, client: Backend, backend: Backend) -> bool:
         """The one decision between streaming bytes untouched and parsing the body."""
@@ -184,7 +212,51 @@ def _parse_route(name: str, spec: Any) -> Route:
         read_only_sql=read_only_sql,
         connect_timeout=_seconds(spec, "connect_timeout", key),
         read_timeout=_seconds(spec, "read_timeout", key),
+        parity=_parse_parity(spec.get("parity", {}), adapter_name, f"{key}.parity"),
     )
+
+
+def _parse_parity(spec: Any, adapter_name: str, key: str) -> ParityPolicy:
+    if not isinstance(spec, Mapping):
+        raise ConfigError("must be a table", key=key)
+    default = DEFAULT_COMPARATOR.get(adapter_name, "bytes" if adapter_name == "none" else "json")
+    values: dict[str, Any] = {"comparator": spec.get("comparator", default)}
+    if values["comparator"] not in COMPARATORS:
+        raise ConfigError(f"must be one of {list(COMPARATORS)}", key=f"{key}.comparator")
+    bounds = {
+        "min_cosine": (-1.0, 1.0),
+        "min_recall": (0.0, 1.0),
+        "tolerance": (0.0, 1.0),
+        "max_failure_ratio": (0.0, 1.0),
+        "sample_rate": (0.0, 1.0),
+        "noise_rate": (0.0, 1.0),
+    }
+    for name, value in spec.items():
+        if name == "comparator":
+            continue
+        where = f"{key}.{name}"
+        if name in bounds:
+            low, high = bounds[name]
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (low <= value <= high)
+            ):
+                raise ConfigError(f"must be a number from {low} to {high}", key=where)
+            values[name] = float(value)
+        elif name == "min_samples":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError("must be a whole number of at least 1", key=where)
+            values[name] = value
+        elif name == "ignore":
+            if not isinstance(value, list) or not all(
+                isinstance(p, str) and p.startswith("$") for p in value
+            ):
+                raise ConfigError('must be a list of JSON paths such as "$.took_ms"', key=where)
+            values[name] = tuple(value)
+        else:
+            raise ConfigError("unknown key", key=where)
+    return ParityPolicy(**values)
 
 
 def _parse_face(key: str, spec: Any) -> Face:

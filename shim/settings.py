@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     flip_wait_seconds: float = Field(2.0, ge=0, le=30)
     metrics_dir: Path | None = None  # default: STATE_DIR/metrics; PROMETHEUS_MULTIPROC_DIR wins
     backend_health_path: str = "/health"
+    shadow_max_inflight: int = Field(64, ge=1)  # per worker; past it shadows are skipped
+    shadow_timeout: float = Field(5.0, gt=0)
+    shadow_max_body_bytes: int = Field(4 * MiB, ge=1024)  # request or answer; larger: skipped
+    parity_window_hours: float = Field(24.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
 

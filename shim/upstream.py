@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import zlib
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -130,3 +131,16 @@ async def translate_errors(backend: Backend, url: str) -> AsyncIterator[None]:
         ) from exc
     except aiohttp.ClientError as exc:
         raise BackendError(f"request to the {backend} backend failed ({url}): {exc}") from exc
+
+
+def decode_body(body: bytes, encoding: str | None) -> bytes:
+    """Undo a backend's gzip or deflate content coding; ValueError when it cannot."""
+    name = (encoding or "identity").lower()
+    if name == "identity":
+        return body
+    if name not in ("gzip", "x-gzip", "deflate"):
+        raise ValueError(f"unsupported content encoding {name!r}")
+    try:
+        return zlib.decompress(body, wbits=47)  # gzip or zlib framing, detected
+    except zlib.error as exc:
+        raise ValueError(f"the {name} body does not decode: {exc}") from None

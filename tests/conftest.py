@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import Shim, reference, testing_backend
+from tests.servers import Shim, own_backend, reference
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +21,7 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
 
 @pytest.fixture(scope="session")
 def echo_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server, url = testing_backend(tmp_path_factory.mktemp("echo"))
+    server, url = own_backend(tmp_path_factory.mktemp("echo"))
     yield url
     server.stop()
 

@@ -85,22 +85,16 @@ def reference(backend: str, tmp: Path, *, latency_ms: float = 0) -> tuple[Server
     return server.start(), url
 
 
-def testing_backend(tmp: Path) -> tuple[Server, str]:
+def own_backend(tmp: Path, module: str = "testing_backend", **env: str) -> tuple[Server, str]:
+    """One of the tests' own backends in tests/backends/, under uvicorn."""
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "testing_backend:app",
-        "--port",
-        str(port),
-        "--app-dir",
-        str(ROOT / "tests" / "backends"),
-        "--log-level",
-        "warning",
-    ]
+    command = [sys.executable, "-m", "uvicorn", f"{module}:app", "--port", str(port)]
+    command += ["--app-dir", str(ROOT / "tests" / "backends"), "--log-level", "warning"]
     url = f"http://127.0.0.1:{port}"
-    server = Server(command, ready_url=f"{url}/", env=base_env(), log=tmp / "testing.log", cwd=ROOT)
+    ready = f"{url}/__received" if module == "testing_backend" else f"{url}/health"
+    server = Server(
+        command, ready_url=ready, env=base_env(**env), log=tmp / f"{module}.log", cwd=ROOT
+    )
     return server.start(), url
 
 

@@ -10,6 +10,7 @@ ADAPTERS_MAY_IMPORT = {
     "__future__",
     "adapters",
     "numpy",
+    "re",
     "collections",
     "dataclasses",
     "typing",

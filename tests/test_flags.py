@@ -105,7 +105,7 @@ def _flip_many(args: tuple[str, str, int]) -> None:
 
 
 def test_concurrent_writers_never_lose_an_update(tmp_path: Path) -> None:
-    endpoints = ["embed", "sql", "chat", "retrieve"]
+    endpoints = ["embed", "sql", "vectors_search", "retrieve"]
     context = multiprocessing.get_context("spawn")
     with context.Pool(4) as pool:
         pool.map(_flip_many, [(str(tmp_path), e, 15) for e in endpoints])

@@ -4,16 +4,31 @@ Any path. By default it echoes what it received as JSON. Request headers steer i
 - `X-Test-Mode: slow-body`: the first bytes, then `X-Test-Delay` seconds (default 2), the rest;
 - `X-Test-Body: <text>`: answer exactly that body (status `X-Test-Status`, default 200);
 - `X-Test-Response-Headers: <JSON list of [name, value]>`: add those headers to the answer.
+`GET /__received` lists the request ids (X-Request-ID) of everything received so far.
 """
 
 import asyncio
 import json
+
+received = []
 
 
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
     headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+    if scope["path"] == "/__received":
+        body = json.dumps(received).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+        return
+    received.append(
+        {
+            "path": scope["path"],
+            "request_id": headers.get("x-request-id"),
+            "shadow": headers.get("x-shim-shadow"),
+        }
+    )
     body = b""
     while True:
         message = await receive()

@@ -1,0 +1,286 @@
+"""Comparing two backends' answers to one request, both already in the Rust dialect.
+
+Pure functions (no I/O): the shadow task and the on-demand probe call them, the parity
+store keeps what they return. Three comparators:
+
+- `cosine` (embed): same count and dimension, per-vector cosine (magnitude-invariant);
+- `ranking` (search, retrieve): recall@k of ids, rank agreement, score drift;
+- `json` (everything else): a structural diff with numeric tolerance and ignored paths.
+
+Every comparator also reports the fields seen on one side only (the drift catalogue).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from adapters.vectors import row_cosines
+
+Comparator = Literal["cosine", "ranking", "json", "bytes"]
+Side = Literal["rust", "go"]
+MAX_DIFFERENCES = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """One place where the answers differ; `path` is a JSON path such as `$.rows[3][1]`."""
+
+    path: str
+    kind: str  # missing_in_rust, missing_in_go, type_changed, value_changed, length, status
+    rust: Any = None
+    go: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "kind": self.kind,
+            "rust": _short(self.rust),
+            "go": _short(self.go),
+        }
+
+
+@dataclass(slots=True)
+class Comparison:
+    """What one comparison found; `metrics` holds cosine / recall figures where they apply."""
+
+    comparator: Comparator
+    differences: list[Difference] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    only_in: dict[Side, list[str]] = field(default_factory=lambda: {"rust": [], "go": []})
+    missed_ids: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "comparator": self.comparator,
+            "differences": [d.to_dict() for d in self.differences[:MAX_DIFFERENCES]],
+            "difference_count": len(self.differences),
+            "metrics": self.metrics,
+            "only_in": {side: sorted(set(paths)) for side, paths in self.only_in.items()},
+            "missed_ids": self.missed_ids[:MAX_DIFFERENCES],
+        }
+
+
+def compare(
+    comparator: Comparator,
+    rust: Any,
+    go: Any,
+    *,
+    tolerance: float = 1e-6,
+    ignore: Iterable[str] = (),
+    vectors_field: str = "embeddings",
+    hits_field: str = "results",
+) -> Comparison:
+    """Compare two Rust-dialect answers with the endpoint's comparator."""
+    ignored = tuple(ignore)
+    if comparator == "cosine":
+        return _compare_vectors(rust, go, vectors_field, tolerance, ignored)
+    if comparator == "ranking":
+        return _compare_rankings(rust, go, hits_field, tolerance, ignored)
+    result = Comparison(comparator)
+    diff_json(rust, go, "$", result, tolerance=tolerance, ignore=ignored)
+    return result
+
+
+def compare_bytes(rust: bytes, go: bytes) -> Comparison:
+    """For routes without an adapter: byte-equal or not."""
+    result = Comparison("bytes")
+    if rust != go:
+        result.differences.append(Difference("$", "value_changed", len(rust), len(go)))
+    return result
+
+
+def status_difference(rust_status: int, go_status: int) -> Comparison:
+    """A status mismatch (e.g. 200 vs 404) is always a difference."""
+    result = Comparison("json")
+    result.differences.append(Difference("$status", "status", rust_status, go_status))
+    return result
+
+
+def _compare_vectors(
+    rust: Any, go: Any, vectors_field: str, tolerance: float, ignore: tuple[str, ...]
+) -> Comparison:
+    result = Comparison("cosine")
+    a = np.asarray(rust.get(vectors_field, []), dtype=np.float64)
+    b = np.asarray(go.get(vectors_field, []), dtype=np.float64)
+    if a.shape != b.shape:
+        result.differences.append(
+            Difference(f"$.{vectors_field}", "length", list(a.shape), list(b.shape))
+        )
+        result.metrics["min_cosine"] = 0.0
+    elif a.size:
+        cosines = row_cosines(a, b)
+        result.metrics.update(
+            min_cosine=float(cosines.min()),
+            p50_cosine=float(np.percentile(cosines, 50)),
+            p01_cosine=float(np.percentile(cosines, 1)),
+            vectors=float(len(cosines)),
+        )
+        worst = int(cosines.argmin())
+        result.metrics["worst_index"] = float(worst)
+    rest_ignore = (*ignore, f"$.{vectors_field}")
+    diff_json(rust, go, "$", result, tolerance=tolerance, ignore=rest_ignore)
+    return result
+
+
+def _compare_rankings(
+    rust: Any, go: Any, hits_field: str, tolerance: float, ignore: tuple[str, ...]
+) -> Comparison:
+    result = Comparison("ranking")
+    rust_hits = [h for h in rust.get(hits_field, []) if isinstance(h, dict)]
+    go_hits = [h for h in go.get(hits_field, []) if isinstance(h, dict)]
+    rust_ids = [h.get("id") for h in rust_hits]
+    go_ids = [h.get("id") for h in go_hits]
+    common = set(rust_ids) & set(go_ids)
+    k = max(len(rust_ids), 1)
+    result.metrics["recall"] = len(common) / k if rust_ids else (1.0 if not go_ids else 0.0)
+    same_rank = sum(1 for a, b in zip(rust_ids, go_ids, strict=False) if a == b)
+    result.metrics["rank_agreement"] = same_rank / k if rust_ids else 1.0
+    rust_scores = {h.get("id"): h.get("score") for h in rust_hits}
+    go_scores = {h.get("id"): h.get("score") for h in go_hits}
+    drifts = [
+        abs(float(rust_scores[i]) - float(go_scores[i]))
+        for i in common
+        if _is_number(rust_scores[i]) and _is_number(go_scores[i])
+    ]
+    result.metrics["score_drift"] = max(drifts, default=0.0)
+    result.missed_ids = [str(i) for i in rust_ids if i not in common]
+    extra = [str(i) for i in go_ids if i not in set(rust_ids)]
+    for missing in result.missed_ids:
+        result.differences.append(
+            Difference(f"$.{hits_field}[id={missing}]", "missing_in_go", missing, None)
+        )
+    for surplus in extra:
+        result.differences.append(
+            Difference(f"$.{hits_field}[id={surplus}]", "missing_in_rust", None, surplus)
+        )
+    if result.metrics["score_drift"] > tolerance:
+        result.differences.append(
+            Difference(
+                f"$.{hits_field}[].score", "value_changed", None, result.metrics["score_drift"]
+            )
+        )
+    # Field drift inside hits: compare the sets of keys each side's hits carry.
+    rust_keys = set().union(*(h.keys() for h in rust_hits)) if rust_hits else set()
+    go_keys = set().union(*(h.keys() for h in go_hits)) if go_hits else set()
+    result.only_in["rust"].extend(f"$.{hits_field}[].{k}" for k in sorted(rust_keys - go_keys))
+    result.only_in["go"].extend(f"$.{hits_field}[].{k}" for k in sorted(go_keys - rust_keys))
+    diff_json(rust, go, "$", result, tolerance=tolerance, ignore=(*ignore, f"$.{hits_field}"))
+    return result
+
+
+def diff_json(
+    rust: Any,
+    go: Any,
+    path: str,
+    result: Comparison,
+    *,
+    tolerance: float,
+    ignore: tuple[str, ...],
+) -> None:
+    """Walk both documents; record missing, extra, type-changed and value-changed paths."""
+    if _ignored(path, ignore):
+        return
+    if isinstance(rust, dict) and isinstance(go, dict):
+        for key in rust.keys() | go.keys():
+            child = f"{path}.{key}"
+            if _ignored(child, ignore):
+                continue
+            if key not in go:
+                result.differences.append(Difference(child, "missing_in_go", rust[key], None))
+                result.only_in["rust"].append(_shape_path(child))
+            elif key not in rust:
+                result.differences.append(Difference(child, "missing_in_rust", None, go[key]))
+                result.only_in["go"].append(_shape_path(child))
+            else:
+                diff_json(rust[key], go[key], child, result, tolerance=tolerance, ignore=ignore)
+        return
+    if isinstance(rust, list | np.ndarray) and isinstance(go, list | np.ndarray):
+        if len(rust) != len(go):
+            result.differences.append(Difference(path, "length", len(rust), len(go)))
+        for index, (a, b) in enumerate(zip(rust, go, strict=False)):
+            diff_json(a, b, f"{path}[{index}]", result, tolerance=tolerance, ignore=ignore)
+        return
+    if _is_number(rust) and _is_number(go):
+        if not math.isclose(float(rust), float(go), rel_tol=tolerance, abs_tol=tolerance):
+            result.differences.append(Difference(path, "value_changed", rust, go))
+        return
+    if type(rust) is not type(go):
+        result.differences.append(Difference(path, "type_changed", rust, go))
+    elif rust != go:
+        result.differences.append(Difference(path, "value_changed", rust, go))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.floating | np.integer) and not isinstance(value, bool)
+
+
+def _ignored(path: str, patterns: tuple[str, ...]) -> bool:
+    return any(_path_pattern(pattern).fullmatch(path) for pattern in patterns)
+
+
+@functools.lru_cache(maxsize=256)
+def _path_pattern(pattern: str) -> re.Pattern[str]:
+    """`$.rows[*][1]`: `[*]` is any index, `*` any one key; everything else is literal."""
+    regex = ""
+    for token in re.split(r"(\[\*\]|\*)", pattern):
+        if token == "[*]":
+            regex += r"\[\d+\]"
+        elif token == "*":
+            regex += r"[^.\[]+"
+        else:
+            regex += re.escape(token)
+    return re.compile(regex)
+
+
+def _shape_path(path: str) -> str:
+    """`$.rows[3].x` -> `$.rows[].x`: the catalogue lists fields, not positions."""
+    out, depth = [], 0
+    for char in path:
+        if char == "[":
+            depth += 1
+            out.append("[]")
+        elif char == "]":
+            depth -= 1
+        elif depth == 0:
+            out.append(char)
+    return "".join(out)
+
+
+def _short(value: Any) -> Any:
+    """A value small enough to keep in a parity record."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    text = repr(value)
+    return value if len(text) <= 200 else text[:200] + "…"
+
+
+BLOCKING_KINDS = frozenset({"value_changed", "type_changed", "length", "status", "error"})
+
+
+def blocking(comparison: Comparison, *, hits_field: str = "results") -> list[Difference]:
+    """Differences that fail a comparison (metrics aside).
+
+    For `json` and `bytes` every difference counts. For `cosine` and `ranking` the metric
+    decides about vectors and hits; fields seen on one side only go to the drift catalogue,
+    and only changed values of shared fields count.
+    """
+    if comparison.comparator in ("json", "bytes"):
+        return list(comparison.differences)
+    return [
+        d
+        for d in comparison.differences
+        if d.kind in BLOCKING_KINDS
+        and not (comparison.comparator == "ranking" and d.path.startswith(f"$.{hits_field}"))
+    ]
+
+
+def shape_path(path: str) -> str:
+    """Public form of the path generaliser used for the catalogue and noise paths."""
+    return _shape_path(path)

@@ -1,0 +1,141 @@
+"""`shim parity probe`: the same requests to both backends directly, compared now.
+
+The seed's `embed_parity.sh`, built in: no shadow traffic needed, no flag changed. Inputs
+are JSON lines of request bodies in one dialect (`--input`), or, for rehearsals against the
+reference backends, a few built-in requests per endpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from shim.errors import BackendError, ConfigError
+from shim.parity import ParityStore, Verdict, judge
+from shim.routes import Route
+from shim.settings import Settings
+from shim.shadow import Capture, Shadower, UnShadowable, other, record_sample, shadow_payload
+from shim.types import Backend
+from shim.upstream import Upstream
+
+PHRASES = (
+    "forklift operator",
+    "CNC operator night shift",
+    "warehouse associate Dayton",
+    "quality inspector with 10 years experience",
+    "welder weekend shift",
+    "shipping clerk",
+    "maintenance technician Toledo",
+    "machine operator swing shift",
+)
+
+
+def builtin_requests(route: Route, face: Backend, count: int) -> Iterator[dict[str, Any]]:
+    """Rehearsal inputs matching the reference backends' corpus."""
+    from shim.reference.embedding import unit_embedding
+
+    k_field = "k" if face == "rust" else "top_k"
+    for index in range(count):
+        phrase = PHRASES[index % len(PHRASES)] + ("" if index < len(PHRASES) else f" {index}")
+        if route.name == "embed":
+            yield {"texts": [phrase, f"{phrase} certified"]}
+        elif route.name == "vectors_search":
+            vector = unit_embedding(phrase, "nomic-embed-text").tolist()
+            yield {"index": "workers", "vector": vector, k_field: 5}
+        elif route.name == "retrieve":
+            yield {"query": phrase, k_field: 5}
+        elif route.name == "sql":
+            statement = f"select id, role, years from workers where years > {index % 20} limit 10"
+            yield {"sql" if face == "rust" else "query": statement}
+        else:
+            raise ConfigError(
+                f"no built-in probe requests for {route.name}: pass --input FILE", key="--input"
+            )
+
+
+def read_requests(path: Path) -> list[dict[str, Any]]:
+    """JSON lines of request bodies (blank lines skipped)."""
+    requests = []
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            requests.append(orjson.loads(line))
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"line {number} is not JSON: {exc}", key=str(path)) from None
+    return requests
+
+
+async def probe(
+    settings: Settings,
+    route: Route,
+    requests: list[dict[str, Any]],
+    *,
+    face: Backend,
+    record: bool,
+) -> tuple[Verdict, list[dict[str, Any]]]:
+    """Send every request to both backends, compare, and judge (optionally recording)."""
+    if not route.shadowable:
+        raise ConfigError(
+            f"{route.name} cannot be probed: it is not idempotent or Go-only", key="ENDPOINT"
+        )
+    upstream = Upstream(settings)
+    await upstream.start()
+    store = ParityStore(settings.state_dir)
+    shadower = Shadower(settings, upstream, store)
+    samples = []
+    try:
+        for body in requests:
+            capture = Capture(
+                route,
+                face,
+                face,
+                "POST",
+                {},
+                b"",
+                [],
+                uuid.uuid4().hex,
+                settings.shadow_max_body_bytes,
+            )
+            capture.keep_request(orjson.dumps(body))
+            answers: dict[Backend, tuple[int, bytes]] = {}
+            try:
+                payloads = {face: orjson.dumps(body), other(face): shadow_payload(capture)}
+                for backend, payload in payloads.items():
+                    url = shadower.url_for(route, backend, capture)
+                    headers = [("Content-Type", "application/json"), ("X-Shim-Shadow", "1")]
+                    answers[backend] = await shadower.fetch(
+                        route, backend, "POST", url, headers, payload
+                    )
+                sample = record_sample(
+                    _Store(store, record), capture, answers=answers, kind="probe"
+                )
+            except UnShadowable as exc:
+                sample = {"kind": "probe", "error": f"not comparable: {exc.reason}"}
+            except BackendError as exc:
+                sample = record_sample(
+                    _Store(store, record), capture, error=exc.message, kind="probe"
+                )
+            samples.append(sample)
+    finally:
+        await upstream.close()
+    judged = dataclasses.replace(
+        route, parity=dataclasses.replace(route.parity, min_samples=max(1, len(samples)))
+    )
+    return judge(judged, samples), samples
+
+
+class _Store:
+    """The parity store, or nothing when the probe is not to be recorded."""
+
+    def __init__(self, store: ParityStore, record: bool) -> None:
+        self.store, self.record = store, record
+
+    def append(self, sample: dict[str, Any]) -> None:
+        if self.record:
+            self.store.append(sample)

@@ -1,0 +1,347 @@
+"""Shadow traffic: mirror a request to the other backend, compare, record.
+
+The client is answered by the serving backend first; only then is a copy of its request,
+translated into the other backend's dialect, sent in a background task that the client
+never waits for. Bounded per worker: sample rate, in-flight shadows, a timeout, and a cap
+on the bodies kept for comparison; past any bound the shadow is skipped and counted, never
+queued. Shadow requests carry `X-Shim-Shadow: 1`. Non-idempotent requests are never mirrored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from yarl import URL
+
+from adapters.errors import AdapterError
+from adapters.sql import is_read_only, statement_of
+from shim import metrics
+from shim.compare import (
+    Comparison,
+    Difference,
+    blocking,
+    compare,
+    compare_bytes,
+    status_difference,
+)
+from shim.errors import BackendError
+from shim.parity import ParityStore, excerpt
+from shim.routes import Route
+from shim.settings import Settings
+from shim.types import Backend
+from shim.upstream import Upstream, decode_body, translate_errors
+
+log = logging.getLogger("shim.shadow")
+SHADOW_HEADER = ("X-Shim-Shadow", "1")
+NOT_MIRRORED = frozenset({"accept-encoding", "content-type", "content-length"})
+
+
+def other(backend: Backend) -> Backend:
+    return "go" if backend == "rust" else "rust"
+
+
+@dataclass(slots=True)
+class Capture:
+    """What the proxy keeps of one exchange so it can be mirrored after the client is answered."""
+
+    route: Route
+    client: Backend
+    primary: Backend
+    method: str
+    params: dict[str, str]
+    query: bytes
+    headers: list[tuple[str, str]]
+    request_id: str
+    limit: int
+    request_body: bytearray = field(default_factory=bytearray)
+    primary_status: int = 0
+    primary_body: bytearray = field(default_factory=bytearray)
+    primary_encoding: str = "identity"
+    overflow: bool = False
+
+    def keep_request(self, chunk: bytes) -> None:
+        self._keep(self.request_body, chunk)
+
+    def keep_answer(self, chunk: bytes) -> None:
+        self._keep(self.primary_body, chunk)
+
+    def _keep(self, buffer: bytearray, chunk: bytes) -> None:
+        if self.overflow:
+            return
+        if len(buffer) + len(chunk) > self.limit:
+            self.overflow = True
+            buffer.clear()
+        else:
+            buffer += chunk
+
+
+class Shadower:
+    """One worker's shadow traffic: decides, bounds, runs and records."""
+
+    def __init__(self, settings: Settings, upstream: Upstream, store: ParityStore) -> None:
+        self.upstream = upstream
+        self.store = store
+        self.max_inflight = settings.shadow_max_inflight
+        self.timeout = settings.shadow_timeout
+        self.limit = settings.shadow_max_body_bytes
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._random = random.Random()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._tasks)
+
+    def wanted(self, route: Route, method: str) -> bool:
+        """Should this request be captured for a shadow? (The flag is already on.)"""
+        if not route.may_shadow(method):
+            return False  # writes, chat: never mirrored
+        if self._random.random() >= route.parity.sample_rate:
+            skipped(route.name, "sampled_out")
+            return False
+        if self.inflight >= self.max_inflight:
+            skipped(route.name, "saturated")
+            return False
+        return True
+
+    def submit(self, capture: Capture) -> None:
+        """Start the shadow in the background; the caller has already answered its client."""
+        if capture.overflow:
+            skipped(capture.route.name, "too_large")
+            return
+        if self.inflight >= self.max_inflight:
+            skipped(capture.route.name, "saturated")
+            return
+        task = asyncio.get_running_loop().create_task(self._run(capture))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, capture: Capture) -> None:
+        route = capture.route
+        try:
+            payload = shadow_payload(capture)
+        except UnShadowable as exc:
+            skipped(route.name, exc.reason)
+            return
+        target = other(capture.primary)
+        url = self.url_for(route, target, capture)
+        headers = [h for h in capture.headers if h[0].lower() not in NOT_MIRRORED]
+        headers.append(SHADOW_HEADER)
+        if route.adapter is not None:
+            headers.append(("Content-Type", "application/json"))
+        primary_body = decoded(bytes(capture.primary_body), capture.primary_encoding)
+        try:
+            async with asyncio.timeout(self.timeout):
+                status, body = await self.fetch(
+                    route, target, capture.method, url, headers, payload
+                )
+                repeat = None
+                if route.parity.noise_rate and self._random.random() < route.parity.noise_rate:
+                    repeat = await self.fetch(route, target, capture.method, url, headers, payload)
+        except (BackendError, TimeoutError) as exc:
+            message = getattr(exc, "message", None) or f"the {target} shadow timed out"
+            record_sample(self.store, capture, error=message)
+            return
+        answers = {capture.primary: (capture.primary_status, primary_body), target: (status, body)}
+        record_sample(self.store, capture, answers=answers)
+        if repeat is not None:
+            record_noise(self.store, capture, target, (status, body), repeat)
+
+    def url_for(self, route: Route, backend: Backend, capture: Capture) -> URL:
+        text = self.upstream.base_urls[backend] + route.faces[backend].render(capture.params)
+        if capture.query:
+            text += "?" + capture.query.decode("latin-1")
+        return URL(text, encoded=True)
+
+    async def fetch(
+        self,
+        route: Route,
+        backend: Backend,
+        method: str,
+        url: URL,
+        headers: list[tuple[str, str]],
+        payload: bytes | None,
+    ) -> tuple[int, bytes]:
+        async with (
+            translate_errors(backend, str(url)),
+            self.upstream.request(
+                backend, route, method, url, headers=headers, data=payload
+            ) as response,
+        ):
+            chunks, size = [], 0
+            async for chunk in response.content.iter_any():
+                size += len(chunk)
+                if size > self.limit:
+                    raise BackendError(f"the {backend} shadow answer is over {self.limit} bytes")
+                chunks.append(chunk)
+            encoding = response.headers.get("Content-Encoding", "identity")
+            return response.status, decoded(b"".join(chunks), encoding)
+
+
+class UnShadowable(Exception):
+    """This request cannot be mirrored (not read-only, not translatable)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def shadow_payload(capture: Capture) -> bytes | None:
+    """The client's request in the other backend's dialect."""
+    route, body = capture.route, bytes(capture.request_body)
+    if route.adapter is None:
+        return body or None
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise UnShadowable("untranslatable") from None
+    if route.read_only_sql:
+        statement = statement_of(document, capture.client)
+        if statement is None or not is_read_only(statement):
+            raise UnShadowable("not_read_only")
+    target = other(capture.primary)
+    if capture.client == target:
+        return body
+    try:
+        translated = route.adapter.translate_request(
+            document, client=capture.client, backend=target, options=route.options
+        )
+    except AdapterError:
+        raise UnShadowable("untranslatable") from None
+    return orjson.dumps(translated, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def canonical(route: Route, backend: Backend, body: bytes) -> Any:
+    """An answer of `backend` in the Rust dialect (raw bytes for routes without adapter)."""
+    if route.adapter is None:
+        return body
+    return route.adapter.translate_response(
+        orjson.loads(body), client="rust", backend=backend, options=route.options
+    ).body
+
+
+def compare_answers(route: Route, answers: dict[Backend, tuple[int, bytes]]) -> Comparison:
+    """Both backends' answers, brought to one dialect and compared with the route's comparator."""
+    (rust_status, rust_body), (go_status, go_body) = answers["rust"], answers["go"]
+    if rust_status != go_status:
+        return status_difference(rust_status, go_status)
+    if not 200 <= rust_status < 300:
+        return Comparison(route.parity.comparator)  # the same error on both sides
+    if route.adapter is None or route.parity.comparator == "bytes":
+        return compare_bytes(rust_body, go_body)
+    documents = {}
+    for backend, body in (("rust", rust_body), ("go", go_body)):
+        try:
+            documents[backend] = canonical(route, backend, body)
+        except (orjson.JSONDecodeError, AdapterError) as exc:
+            failed = Comparison(route.parity.comparator)
+            failed.differences.append(Difference("$", "error", None, f"{backend}: {exc}"))
+            return failed
+    policy = route.parity
+    return compare(
+        policy.comparator,
+        documents["rust"],
+        documents["go"],  # type: ignore[arg-type]
+        tolerance=policy.tolerance,
+        ignore=policy.ignore,
+    )
+
+
+def record_sample(
+    store: ParityStore,
+    capture: Capture,
+    *,
+    answers: dict[Backend, tuple[int, bytes]] | None = None,
+    error: str | None = None,
+    kind: str = "shadow",
+) -> dict[str, Any]:
+    """Compare (unless the shadow failed), count it, and append it to the parity store."""
+    route = capture.route
+    record: dict[str, Any] = base_record(route.name, kind, capture.request_id)
+    record.update(primary=capture.primary, client=capture.client)
+    if error is not None:
+        record.update(
+            error=error, blocking=[], metrics={}, request=excerpt(bytes(capture.request_body))
+        )
+        metrics.PARITY_COMPARISONS.labels(route.name, "error").inc()
+    else:
+        assert answers is not None
+        comparison = compare_answers(route, answers)
+        problems = blocking(comparison)
+        record.update(comparison.to_dict())
+        record["status"] = {"rust": answers["rust"][0], "go": answers["go"][0]}
+        record["blocking"] = [d.to_dict() for d in problems[:20]]
+        below = _below_threshold(route, comparison)
+        if problems or below:
+            record["request"] = excerpt(bytes(capture.request_body))
+        metrics.observe_comparison(route.name, comparison, matched=not problems and not below)
+    try:
+        store.append(record)
+    except OSError as exc:
+        log.error("cannot record a parity sample for %s: %s", route.name, exc)
+    return record
+
+
+def record_noise(
+    store: ParityStore,
+    capture: Capture,
+    backend: Backend,
+    first: tuple[int, bytes],
+    second: tuple[int, bytes],
+) -> None:
+    """Two answers of the same backend to the same request: whatever differs is noise."""
+    route = capture.route
+    comparison = compare_answers(route, {"rust": first, "go": second})
+    record = base_record(route.name, "noise", capture.request_id)
+    record.update(
+        backend=backend,
+        metrics=comparison.metrics,
+        blocking=[d.to_dict() for d in blocking(comparison)[:20]],
+    )
+    try:
+        store.append(record)
+    except OSError as exc:
+        log.error("cannot record a noise sample for %s: %s", route.name, exc)
+
+
+def base_record(endpoint: str, kind: str, request_id: str) -> dict[str, Any]:
+    now = time.time()
+    stamp = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
+    return {
+        "ts": now,
+        "time": stamp.replace("+00:00", "Z"),
+        "endpoint": endpoint,
+        "kind": kind,
+        "request_id": request_id,
+    }
+
+
+def _below_threshold(route: Route, comparison: Comparison) -> bool:
+    found = comparison.metrics
+    return ("min_cosine" in found and found["min_cosine"] < route.parity.min_cosine) or (
+        "recall" in found and found["recall"] < route.parity.min_recall
+    )
+
+
+def decoded(body: bytes, encoding: str | None) -> bytes:
+    """A body as the backend meant it; one that does not decode is compared as it came."""
+    try:
+        return decode_body(body, encoding)
+    except ValueError:
+        return body
+
+
+def skipped(endpoint: str, reason: str) -> None:
+    metrics.SHADOW_SKIPPED.labels(endpoint, reason).inc()

@@ -1,0 +1,148 @@
+"""Comparators and verdicts, without a server."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from shim.compare import blocking, compare
+from shim.parity import judge, markdown
+from tests.flipping import ROUTES
+
+
+def kinds(comparison: Any) -> dict[str, str]:
+    return {d.path: d.kind for d in comparison.differences}
+
+
+def test_json_diff_names_missing_extra_type_and_value_changes_by_path() -> None:
+    rust = {"columns": ["a", "b"], "rows": [[1, "x"]], "row_count": 1, "rust_only": True}
+    go = {"columns": ["a", "b"], "rows": [[1.0000001, 2]], "row_count": 1, "go_only": 1}
+    result = compare("json", rust, go, tolerance=1e-6)
+    assert kinds(result) == {
+        "$.rust_only": "missing_in_go",
+        "$.go_only": "missing_in_rust",
+        "$.rows[0][1]": "type_changed",
+    }
+    assert result.only_in == {"rust": ["$.rust_only"], "go": ["$.go_only"]}
+    strict = compare("json", rust, go, tolerance=1e-9)
+    assert kinds(strict)["$.rows[0][0]"] == "value_changed"
+
+
+def test_ignored_paths_are_left_out() -> None:
+    result = compare(
+        "json",
+        {"a": 1, "t": 5, "rows": [[1, 9]]},
+        {"a": 1, "t": 6, "rows": [[1, 8]]},
+        ignore=["$.t", "$.rows[*][1]"],
+    )
+    assert result.differences == []
+
+
+def test_ranking_reports_recall_missed_ids_rank_agreement_and_score_drift() -> None:
+    rust = {
+        "results": [
+            {"id": "a", "score": 0.9},
+            {"id": "b", "score": 0.8},
+            {"id": "c", "score": 0.7},
+            {"id": "d", "score": 0.6},
+        ]
+    }
+    go = {
+        "results": [
+            {"id": "b", "score": 0.8},
+            {"id": "c", "score": 0.7},
+            {"id": "d", "score": 0.6},
+            {"id": "e", "score": 0.5, "x": 1},
+        ]
+    }
+    result = compare("ranking", rust, go)
+    assert result.metrics["recall"] == 0.75
+    assert result.missed_ids == ["a"]
+    assert result.metrics["rank_agreement"] == 0.0
+    assert result.metrics["score_drift"] == pytest.approx(0.0)
+    assert result.only_in["go"] == ["$.results[].x"]
+    assert blocking(result) == []  # recall decides; the threshold is applied by the verdict
+
+
+def test_cosine_comparator_is_magnitude_invariant() -> None:
+    rust = {"embeddings": [[0.6, 0.8], [1.0, 0.0]], "dimensions": 2, "model": "m"}
+    go = {"embeddings": [[6.0, 8.0], [0.0, 1.0]], "dimensions": 2, "model": "m"}
+    result = compare("cosine", rust, go)
+    assert result.metrics["min_cosine"] == pytest.approx(0.0)
+    assert result.metrics["worst_index"] == 1
+    assert blocking(result) == []
+
+
+def sample(endpoint: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "ts": 1.0,
+        "endpoint": endpoint,
+        "kind": "shadow",
+        "metrics": {},
+        "blocking": [],
+        **fields,
+    }
+
+
+def route_needing(endpoint: str, samples: int) -> Any:
+    route = ROUTES[endpoint]
+    return dataclasses.replace(route, parity=dataclasses.replace(route.parity, min_samples=samples))
+
+
+def test_too_few_samples_is_inconclusive_never_pass() -> None:
+    verdict = judge(route_needing("sql", 20), [sample("sql")] * 19)
+    assert verdict.verdict == "INCONCLUSIVE" and verdict.headline() == "INCONCLUSIVE 19/20 samples"
+    assert (
+        judge(route_needing("sql", 20), []).reasons[0].endswith("(no shadow data: turn shadow on)")
+    )
+
+
+def test_differences_the_backend_also_shows_with_itself_are_noise() -> None:
+    took = [{"path": "$.took_ms", "kind": "value_changed"}]
+    noise = [{**sample("sql", blocking=took), "kind": "noise"}]
+    noisy = [sample("sql", blocking=took) for _ in range(5)]
+    assert judge(route_needing("sql", 5), noisy + noise).verdict == "PASS"
+    assert judge(route_needing("sql", 5), noisy).verdict == "FAIL"
+    real = [sample("sql", blocking=[{"path": "$.rows[0][1]", "kind": "value_changed"}])] * 5
+    assert judge(route_needing("sql", 5), real + noise).verdict == "FAIL"
+
+
+def test_cosine_threshold_relaxes_to_the_measured_noise_floor() -> None:
+    route = route_needing("embed", 3)  # configured min_cosine 0.9999
+    shadows = [sample("embed", metrics={"min_cosine": 0.9995})] * 3
+    assert judge(route, shadows).verdict == "FAIL"
+    noise = [{**sample("embed", metrics={"min_cosine": 0.9990}), "kind": "noise"}]
+    verdict = judge(route, shadows + noise)
+    assert verdict.verdict == "PASS" and verdict.noise["effective_min_cosine"] == 0.9990
+
+
+def test_shadow_errors_fail_parity() -> None:
+    verdict = judge(
+        route_needing("retrieve", 2),
+        [
+            sample("retrieve", metrics={"recall": 1.0}),
+            sample("retrieve", error="the go backend did not answer in time"),
+        ],
+    )
+    assert verdict.verdict == "FAIL" and verdict.passed == 1
+
+
+def test_markdown_rows_follow_the_seed_log() -> None:
+    verdict = judge(
+        route_needing("embed", 2),
+        [
+            sample(
+                "embed",
+                metrics={"min_cosine": 0.999996, "p50_cosine": 1.0},
+                only_in={"rust": [], "go": ["$.took_ms"]},
+            )
+        ]
+        * 2,
+    )
+    text = markdown(ROUTES, {"embed": verdict})
+    assert (
+        "| `embed` |" in text and "| `/ai/embed` | `/v1/embed` | ✅ PASS 2/2 cos≥0.99999 |" in text
+    )
+    assert "| `$.took_ms` | — | 2/2 |" in text
