@@ -20,6 +20,7 @@ from shim import logs, metrics
 from shim.admin import AdminContext, build_admin
 from shim.errors import NotFound
 from shim.flags import FlagState, FlagStore, FlagView, check_pins
+from shim.guard import Guard
 from shim.parity import ParityStore
 from shim.proxy import Exchange, Proxy, send_error
 from shim.routes import RouteTable, load_routes
@@ -57,8 +58,9 @@ class ShimApp:
         )
         self.upstream = Upstream(settings)
         self.parity = ParityStore(settings.state_dir)
-        self.shadower = Shadower(settings, self.upstream, self.parity)
-        self.proxy = Proxy(routes, self.flags, self.upstream, settings, self.shadower)
+        self.guard = Guard(routes, self.flags, self.store)
+        self.shadower = Shadower(settings, self.upstream, self.parity, on_compared=self._compared)
+        self.proxy = Proxy(routes, self.flags, self.upstream, settings, self.shadower, self.guard)
         self.admin = build_admin(
             AdminContext(
                 settings, routes, self.store, self.flags, self.upstream, self.workers, self.parity
@@ -96,6 +98,9 @@ class ShimApp:
         metrics.observe_flags(state, self.routes, self.settings.pin)
         self._publish()
 
+    def _compared(self, endpoint: str, matched: bool) -> None:
+        self.guard.observe_parity(endpoint, matched=matched)
+
     def _publish(self) -> None:
         self.workers.publish(
             WorkerStatus(
@@ -126,6 +131,7 @@ class ShimApp:
         tasks = [
             asyncio.create_task(self.flags.watch(), name="flag-watcher"),
             asyncio.create_task(self._heartbeat(), name="worker-heartbeat"),
+            asyncio.create_task(self.guard.run(self.settings.guard_interval_seconds), name="guard"),
         ]
         log.info(
             "worker %d serving generation %d; rust=%s go=%s",

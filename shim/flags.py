@@ -171,6 +171,39 @@ class FlagStore:
     def effective(self, endpoint: str, state: FlagState | None = None) -> EffectiveFlag:
         return resolve(state or self.read(), self.routes, self.pins, endpoint)
 
+    def plan(
+        self,
+        endpoint: str,
+        *,
+        serve: Backend | None = None,
+        shadow: bool | None = None,
+        percent: int | EllipsisType | None = ...,
+    ) -> tuple[Flag, Flag]:
+        """The endpoint's flag now and as the change would leave it (nothing written).
+
+        Raises UnknownEndpoint, FlagRefused (Go-only endpoint to rust or canary, a shadow
+        that cannot be, a bad percent) or FlagPinned (an environment pin fixes the backend).
+        """
+        self._check(endpoint, serve, percent, shadow)
+        return self._plan(self.read(), endpoint, serve, shadow, percent)
+
+    def _plan(
+        self,
+        state: FlagState,
+        endpoint: str,
+        serve: Backend | None,
+        shadow: bool | None,
+        percent: int | EllipsisType | None,
+    ) -> tuple[Flag, Flag]:
+        effective = resolve(state, self.routes, self.pins, endpoint)
+        current = effective.runtime or effective.flag
+        proposed = Flag(
+            serve=serve or current.serve,
+            shadow=current.shadow if shadow is None else shadow,
+            percent=current.percent if isinstance(percent, EllipsisType) else percent,
+        )
+        return current, proposed
+
     def set(
         self,
         endpoint: str,
@@ -184,24 +217,15 @@ class FlagStore:
     ) -> Change | None:
         """Change one endpoint's flag (fields left out keep their value); None if no change.
 
-        Raises UnknownEndpoint, FlagRefused (Go-only endpoint to rust, bad percent) or
-        FlagPinned (an environment pin fixes the backend).
+        Raises as `plan` does. The parity gate is not checked here: see `shim.gate`.
         """
         self._check(endpoint, serve, percent, shadow)
         with self._locked():
             state = self.read()
-            before = resolve(state, self.routes, self.pins, endpoint)
-            current = before.runtime or before.flag
-            after = Flag(
-                serve=serve or current.serve,
-                shadow=current.shadow if shadow is None else shadow,
-                percent=current.percent if isinstance(percent, EllipsisType) else percent,
-                changed_at=now_iso(),
-                actor=actor,
-                reason=reason,
-            )
-            if after.settings() == current.settings():
+            current, proposed = self._plan(state, endpoint, serve, shadow, percent)
+            if proposed.settings() == current.settings():
                 return None
+            after = replace(proposed, changed_at=now_iso(), actor=actor, reason=reason)
             changes = self._commit(
                 state, {endpoint: after}, before={endpoint: current}, forced=forced
             )
@@ -244,6 +268,8 @@ class FlagStore:
         route = self.routes[endpoint]
         if serve == "rust" and route.go_only:
             raise FlagRefused(f"{endpoint} is Go-only: it has no Rust backend to serve it")
+        if percent not in (None, ...) and route.go_only:
+            raise FlagRefused(f"{endpoint} is Go-only: a canary share has nothing to split")
         if shadow and not route.shadowable:
             why = (
                 "it is Go-only: there is no other backend to compare with"
@@ -368,12 +394,17 @@ class FlagView:
         self.load_errors = 0
         self._serving: dict[str, Backend] = {}
         self._shadowing: frozenset[str] = frozenset()
+        self._canary: dict[str, int] = {}
         self._identity: tuple[int, int, int] | None = None
         self._reindex()
 
     def serving(self, endpoint: str) -> Backend:
         """The backend serving `endpoint` now (a dict lookup)."""
         return self._serving[endpoint]
+
+    def canary(self, endpoint: str) -> int | None:
+        """The canary percent sent to Go, when one is set (a dict lookup)."""
+        return self._canary.get(endpoint)
 
     def shadowing(self, endpoint: str) -> bool:
         """Whether `endpoint`'s traffic is mirrored to the other backend now."""
@@ -427,6 +458,9 @@ class FlagView:
     def _reindex(self) -> None:
         flags = {name: self.effective(name).flag for name in self.store.routes.routes}
         self._serving = {name: flag.serve for name, flag in flags.items()}
+        self._canary = {
+            name: flag.percent for name, flag in flags.items() if flag.percent is not None
+        }
         self._shadowing = frozenset(
             name
             for name, flag in flags.items()

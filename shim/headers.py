@@ -25,7 +25,7 @@ HOP_BY_HOP = frozenset(
 )
 NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 # A rewritten body is ours: the client's encoding and type negotiation do not apply to it.
-NOT_FORWARDED_ON_REWRITE = NOT_FORWARDED | {b"accept-encoding", b"content-type"}
+NEGOTIATION = frozenset({"accept-encoding", "content-type"})
 # uvicorn writes its own Date; framing of a rewritten body is fresh.
 NOT_RETURNED = HOP_BY_HOP | {b"date"}
 NOT_RETURNED_ON_REWRITE = NOT_RETURNED | {b"content-length", b"content-encoding", b"content-type"}
@@ -41,6 +41,7 @@ class ClientRequest:
     forward: list[tuple[str, str]]
     request_id: str
     content_length: int | None
+    caller_key: str | None = None
 
 
 def connection_tokens(headers: RawHeaders) -> frozenset[bytes]:
@@ -53,15 +54,16 @@ def connection_tokens(headers: RawHeaders) -> frozenset[bytes]:
 
 
 def client_request(
-    headers: RawHeaders, *, client_host: str | None, scheme: str, rewrite: bool
+    headers: RawHeaders, *, client_host: str | None, scheme: str, caller_header: bytes
 ) -> ClientRequest:
-    """Headers to send upstream, plus the request id and declared length.
+    """Headers to send upstream, plus the request id, declared length and canary caller key.
 
     Adds `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `Via` and `X-Request-ID` (the
     client's, or a new one).
     """
-    dropped = NOT_FORWARDED_ON_REWRITE if rewrite else NOT_FORWARDED
+    dropped = NOT_FORWARDED
     named = connection_tokens(headers)
+    caller_key: str | None = None
     forward: list[tuple[str, str]] = []
     request_id = forwarded_for = forwarded_proto = via = None
     content_length: int | None = None
@@ -72,6 +74,8 @@ def client_request(
         if name in dropped or name in named:
             continue
         value = raw_value.decode("latin-1")
+        if name == caller_header:
+            caller_key = value
         if name == b"x-request-id":
             request_id = value
         elif name == b"x-forwarded-for":
@@ -90,7 +94,14 @@ def client_request(
     forward.append(("X-Forwarded-Proto", forwarded_proto or scheme))
     forward.append(("Via", f"{via}, {VIA}" if via else VIA))
     forward.append(("X-Request-ID", request_id))
-    return ClientRequest(forward, request_id, content_length)
+    return ClientRequest(forward, request_id, content_length, caller_key)
+
+
+def for_rewrite(forward: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Headers for a body the shim wrote itself: JSON, not negotiated by the client."""
+    kept = [(name, value) for name, value in forward if name.lower() not in NEGOTIATION]
+    kept.append(("Content-Type", "application/json"))
+    return kept
 
 
 def backend_response(headers: RawHeaders, *, rewrite: bool) -> RawHeaders:
@@ -100,11 +111,15 @@ def backend_response(headers: RawHeaders, *, rewrite: bool) -> RawHeaders:
     return [(n, v) for n, v in headers if (low := n.lower()) not in dropped and low not in named]
 
 
-def shim_headers(request_id: str, endpoint: str | None, backend: str | None) -> RawHeaders:
+def shim_headers(
+    request_id: str, endpoint: str | None, backend: str | None, fallback: str | None = None
+) -> RawHeaders:
     """The headers the shim puts on every answer it gives."""
     headers = [(b"x-request-id", request_id.encode("latin-1"))]
     if endpoint:
         headers.append((b"x-shim-endpoint", endpoint.encode()))
     if backend:
         headers.append((b"x-shim-backend", backend.encode()))
+    if fallback:
+        headers.append((b"x-shim-fallback", fallback.encode()))
     return headers

@@ -104,6 +104,22 @@ SHADOW_SKIPPED = Counter(
     ["endpoint", "reason"],
 )
 
+GUARD_ROLLBACKS = Counter(
+    "shim_guard_rollbacks_total",
+    "Endpoints the guard rolled back to Rust.",
+    ["endpoint"],
+)
+FALLBACKS = Counter(
+    "shim_fallbacks_total",
+    "Requests retried on the other backend, by endpoint, direction and cause.",
+    ["endpoint", "direction", "cause"],
+)
+FALLBACKS_DENIED = Counter(
+    "shim_fallbacks_denied_total",
+    "Failed requests that could not be retried, by endpoint and reason.",
+    ["endpoint", "reason"],
+)
+
 _requests: dict[tuple[str, str, str, str], Counter] = {}
 _latency: dict[tuple[str, str], Histogram] = {}
 

@@ -20,9 +20,14 @@ import orjson
 from yarl import URL
 
 from adapters.errors import AdapterError
+from adapters.sql import is_read_only, statement_of
 from shim import headers as header_policy
 from shim import metrics
+from shim.canary import canary_backend
 from shim.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnreachable,
     BadBackendAnswer,
     BadRequest,
     MethodNotAllowed,
@@ -30,7 +35,9 @@ from shim.errors import (
     PayloadTooLarge,
     ShimError,
 )
+from shim.fallback import RETRY_STATUSES, FallbackStatus, RetryBudget
 from shim.flags import FlagView
+from shim.guard import Guard
 from shim.routes import RouteMatch, RouteTable
 from shim.settings import Settings
 from shim.shadow import Capture, Shadower
@@ -63,6 +70,7 @@ class Exchange:
     bytes_out: int = 0
     response_started: bool = False
     translated: bool = False
+    fallback: str | None = None
     error: str | None = None
 
 
@@ -76,11 +84,17 @@ class Proxy:
         upstream: Upstream,
         settings: Settings,
         shadower: Shadower,
+        guard: Guard,
     ) -> None:
         self.routes = routes
         self.flags = flags
         self.upstream = upstream
         self.shadower = shadower
+        self.guard = guard
+        self.budget = RetryBudget(
+            ratio=settings.fallback_budget_ratio, burst=settings.fallback_budget_burst
+        )
+        self.caller_header = settings.canary_key_header.lower().encode("latin-1")
         self.max_json_bytes = settings.max_json_bytes
         self.max_backend_json_bytes = max(settings.max_json_bytes * 8, 128 * 1024 * 1024)
         self.log_access = settings.access_log
@@ -127,15 +141,22 @@ class Proxy:
                 f"{ex.method} is not allowed on {ex.path} (allowed: {allowed})",
                 allowed=match.face.methods,
             )
-        backend = self.flags.serving(route.name)
-        ex.backend = backend
-        rewrite = route.needs_rewrite(match.client, backend)
         client_host = scope["client"][0] if scope.get("client") else None
         request = header_policy.client_request(
-            scope["headers"], client_host=client_host, scheme=scope["scheme"], rewrite=rewrite
+            scope["headers"],
+            client_host=client_host,
+            scheme=scope["scheme"],
+            caller_header=self.caller_header,
         )
         ex.request_id = request.request_id
-        url = self._url(match, backend, scope)
+        backend = self._choose(route.name, request.caller_key or client_host or "")
+        ex.backend = backend
+        if route.needs_rewrite(match.client, backend):
+            body: Body = await read_body(
+                receive, limit=self.max_json_bytes, declared=request.content_length
+            )
+        else:
+            body = await request_body(receive, ex.method)
         capture = None
         if self.flags.shadowing(route.name) and self.shadower.wanted(route, ex.method):
             capture = Capture(
@@ -149,12 +170,74 @@ class Proxy:
                 request.request_id,
                 self.shadower.limit,
             )
-        if rewrite:
-            await self._translate(receive, send, ex, match, url, request, capture)
-        else:
-            await self._stream(receive, send, ex, match, url, request, capture)
-        if capture is not None:
+            body = _tee_request(body, capture)
+        call = Call(scope, send, ex, match, request, body, capture)
+        self.budget.earn()
+        try:
+            await self._attempt(call, backend)
+        except (BackendUnreachable, BackendTimeout, FallbackStatus) as failure:
+            other = "rust" if backend == "go" else "go"
+            if ex.response_started or not self._may_fall_back(call):
+                raise
+            if not self.budget.spend():
+                metrics.FALLBACKS_DENIED.labels(route.name, "budget").inc()
+                if isinstance(failure, FallbackStatus):
+                    raise BackendError(
+                        f"the {backend} backend answered {failure.status} and the fallback "
+                        "retry budget is spent"
+                    ) from None
+                raise
+            cause = (
+                f"status_{failure.status}"
+                if isinstance(failure, FallbackStatus)
+                else (failure.code)
+            )
+            metrics.FALLBACKS.labels(route.name, f"{backend}->{other}", cause).inc()
+            ex.fallback, ex.backend = f"{backend}->{other}", other
+            call.capture = None  # a fallback answer is not a shadow comparison
+            await self._attempt(call, other)
+        if capture is not None and call.capture is not None:
             self.shadower.submit(capture)  # after the client has its whole answer
+
+    def _choose(self, endpoint: str, caller: str) -> Backend:
+        """The flag's backend, or the caller's sticky canary side when a percent is set."""
+        percent = self.flags.canary(endpoint)
+        if percent is None:
+            return self.flags.serving(endpoint)
+        return canary_backend(endpoint, caller, percent)
+
+    def _may_fall_back(self, call: Call) -> bool:
+        """Idempotent, both backends, body still at hand, SQL only read-only, budget left."""
+        route, ex = call.match.route, call.ex
+        if not route.may_fall_back(ex.method) or not isinstance(call.body, bytes | None):
+            metrics.FALLBACKS_DENIED.labels(route.name, "not_retryable").inc()
+            return False
+        if route.read_only_sql:
+            try:
+                statement = statement_of(orjson.loads(call.body or b""), call.match.client)
+            except orjson.JSONDecodeError:
+                statement = None
+            if statement is None or not is_read_only(statement):
+                metrics.FALLBACKS_DENIED.labels(route.name, "not_read_only").inc()
+                return False
+        return self.budget.available()
+
+    async def _attempt(self, call: Call, backend: Backend) -> None:
+        """One try on `backend`; the guard hears how Go did."""
+        started = time.perf_counter()
+        route = call.match.route
+        try:
+            if route.needs_rewrite(call.match.client, backend):
+                await self._translate(call, backend)
+            else:
+                await self._stream(call, backend)
+        except (BackendError, FallbackStatus):
+            if backend == "go":
+                self.guard.observe(route.name, ok=False, seconds=time.perf_counter() - started)
+            raise
+        if backend == "go":
+            ok = call.ex.status < 500
+            self.guard.observe(route.name, ok=ok, seconds=time.perf_counter() - started)
 
     def _url(self, match: RouteMatch, backend: Backend, scope: Scope) -> URL:
         """Configured base URL + the route's path for that backend + the raw query string.
@@ -168,37 +251,29 @@ class Proxy:
             text += "?" + query.decode("latin-1")
         return URL(text, encoded=True)
 
-    async def _stream(
-        self,
-        receive: Receive,
-        send: Send,
-        ex: Exchange,
-        match: RouteMatch,
-        url: URL,
-        request: header_policy.ClientRequest,
-        capture: Capture | None,
-    ) -> None:
+    async def _stream(self, call: Call, backend: Backend) -> None:
         """Bytes in, bytes out: nothing is parsed or buffered whole (a shadow keeps a copy,
         capped)."""
-        body = await request_body(receive, ex.method)
-        if capture is not None:
-            body = _tee_request(body, capture)
-        forward = request.forward
-        if not isinstance(body, bytes | None) and request.content_length is not None:
+        ex, body, capture = call.ex, call.body, call.capture
+        url = self._url(call.match, backend, call.scope)
+        forward = call.request.forward
+        if not isinstance(body, bytes | None) and call.request.content_length is not None:
             # The body is passed on unchanged, so the client's length still frames it.
-            forward = [*forward, ("Content-Length", str(request.content_length))]
-        backend = ex.backend
-        assert backend is not None
+            forward = [*forward, ("Content-Length", str(call.request.content_length))]
         async with translate_errors(backend, str(url)):
             response = await self.upstream.request(
-                backend, match.route, ex.method, url, headers=forward, data=body
+                backend, call.match.route, ex.method, url, headers=forward, data=body
             )
         try:
+            if response.status in RETRY_STATUSES and self._may_fall_back(call):
+                raise FallbackStatus(response.status)
             response_headers = header_policy.backend_response(response.raw_headers, rewrite=False)
-            response_headers += header_policy.shim_headers(ex.request_id, ex.endpoint, backend)
+            response_headers += header_policy.shim_headers(
+                ex.request_id, ex.endpoint, backend, ex.fallback
+            )
             ex.status = response.status
             ex.response_started = True
-            await send(
+            await call.send(
                 {
                     "type": "http.response.start",
                     "status": response.status,
@@ -213,30 +288,24 @@ class Proxy:
                     ex.bytes_out += len(chunk)
                     if capture is not None:
                         capture.keep_answer(chunk)
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
+                    await call.send(
+                        {"type": "http.response.body", "body": chunk, "more_body": True}
+                    )
+            await call.send({"type": "http.response.body", "body": b""})
         finally:
             if response.content.at_eof():
                 response.release()
             else:
                 response.close()  # a half-read connection never goes back to the pool
 
-    async def _translate(
-        self,
-        receive: Receive,
-        send: Send,
-        ex: Exchange,
-        match: RouteMatch,
-        url: URL,
-        request: header_policy.ClientRequest,
-        capture: Capture | None,
-    ) -> None:
+    async def _translate(self, call: Call, backend: Backend) -> None:
         """Parse once, translate, send, translate the answer back, answer in one message."""
-        route, client, backend = match.route, match.client, ex.backend
-        assert route.adapter is not None and client is not None and backend is not None
+        ex, match, capture = call.ex, call.match, call.capture
+        route, client = match.route, match.client
+        assert route.adapter is not None
         ex.translated = True
         metrics.TRANSLATIONS.labels(route.name, f"{client}->{backend}").inc()
-        raw = await read_body(receive, limit=self.max_json_bytes, declared=request.content_length)
+        raw = call.body if isinstance(call.body, bytes) else b""
         document = parse_json(raw, side="client")
         try:
             translated = route.adapter.translate_request(
@@ -245,7 +314,8 @@ class Proxy:
         except AdapterError as exc:
             raise BadRequest(_adapter_message("request", exc), code="bad_shape") from None
         payload = orjson.dumps(translated, option=JSON_OPTIONS)
-        forward = [*request.forward, ("Content-Type", "application/json")]
+        url = self._url(match, backend, call.scope)
+        forward = header_policy.for_rewrite(call.request.forward)
         async with (
             translate_errors(backend, str(url)),
             self.upstream.request(
@@ -255,11 +325,12 @@ class Proxy:
             answer = await read_backend_body(response, limit=self.max_backend_json_bytes)
             raw_headers = response.raw_headers
             status = response.status
+        if status in RETRY_STATUSES and self._may_fall_back(call):
+            raise FallbackStatus(status)
         if capture is not None:
-            capture.keep_request(raw)
             capture.keep_answer(answer)
             capture.primary_status = status
-        extra = header_policy.shim_headers(ex.request_id, ex.endpoint, backend)
+        extra = header_policy.shim_headers(ex.request_id, ex.endpoint, backend, ex.fallback)
         if not 200 <= status < 300:
             # The backend's own error, in its own words: passed on, not translated.
             response_headers = header_policy.backend_response(raw_headers, rewrite=True)
@@ -267,7 +338,7 @@ class Proxy:
             content_type = _raw_header(raw_headers, b"content-type")
             if content_type:
                 response_headers.append((b"content-type", content_type))
-            await self._send_whole(send, ex, status, response_headers, answer)
+            await self._send_whole(call.send, ex, status, response_headers, answer)
             return
         try:
             result = route.adapter.translate_response(
@@ -289,7 +360,7 @@ class Proxy:
         ]
         if result.lossy:
             response_headers.append((b"x-shim-lossy", result.lossy.encode()))
-        await self._send_whole(send, ex, status, response_headers, body)
+        await self._send_whole(call.send, ex, status, response_headers, body)
 
     @staticmethod
     async def _send_whole(
@@ -300,9 +371,23 @@ class Proxy:
         await send({"type": "http.response.body", "body": body})
 
 
-def _tee_request(
-    body: bytes | AsyncIterator[bytes] | None, capture: Capture
-) -> bytes | AsyncIterator[bytes] | None:
+Body = bytes | AsyncIterator[bytes] | None
+
+
+@dataclass(slots=True)
+class Call:
+    """One client request on its way through the proxy, across one or two attempts."""
+
+    scope: Scope
+    send: Send
+    ex: Exchange
+    match: RouteMatch
+    request: header_policy.ClientRequest
+    body: Body
+    capture: Capture | None
+
+
+def _tee_request(body: Body, capture: Capture) -> Body:
     """Keep a copy of the request body for the shadow while it goes upstream."""
     if body is None or isinstance(body, bytes):
         capture.keep_request(body or b"")
@@ -316,7 +401,7 @@ def _tee_request(
     return copying()
 
 
-async def request_body(receive: Receive, method: str) -> bytes | AsyncIterator[bytes] | None:
+async def request_body(receive: Receive, method: str) -> Body:
     """The client's body: bytes when it came in one message, else a stream of chunks."""
     message = await receive()
     if message["type"] == "http.disconnect":
@@ -418,7 +503,7 @@ async def send_error(send: Send, exc: ShimError, ex: Exchange) -> None:
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
-        *header_policy.shim_headers(ex.request_id, ex.endpoint, ex.backend),
+        *header_policy.shim_headers(ex.request_id, ex.endpoint, ex.backend, ex.fallback),
     ]
     if isinstance(exc, MethodNotAllowed):
         headers.append((b"allow", ", ".join(sorted(exc.allowed)).encode()))

@@ -25,7 +25,7 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTI
 READ_ONLY: Literal["read-only"] = "read-only"
 _PARAMETER = re.compile(r"\{([a-z_][a-z0-9_]*)(:path)?\}")
 _ROUTE_KEYS = frozenset(
-    {"adapter", "default", "idempotent", "rust", "go", "options", "parity"}
+    {"adapter", "default", "idempotent", "rust", "go", "options", "parity", "guard"}
     | {"connect_timeout", "read_timeout"}
 )
 
@@ -65,6 +65,19 @@ class ParityPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class GuardPolicy:
+    """When the guard rolls an endpoint back to Rust (`[routes.X.guard]`)."""
+
+    enabled: bool = True
+    window_seconds: float = 30.0
+    min_requests: int = 20
+    max_error_ratio: float = 0.05
+    max_p99_seconds: float | None = None
+    max_parity_failure_ratio: float = 0.05
+    trip_after: int = 2
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """One endpoint: its faces, adapter and policy."""
 
@@ -78,6 +91,7 @@ class Route:
     connect_timeout: float | None
     read_timeout: float | None
     parity: ParityPolicy = ParityPolicy()
+    guard: GuardPolicy = GuardPolicy()
 
     @property
     def go_only(self) -> bool:
@@ -90,6 +104,11 @@ class Route:
 
     def may_shadow(self, method: str) -> bool:
         return method in self.idempotent_methods
+
+    def may_fall_back(self, method: str) -> bool:
+        """Retry on the other backend: idempotent, both backends, SQL only read-only
+        (checked by the proxy, which has the statement)."""
+        return not self.go_only and method in self.idempotent_methods
 
     def needs_rewrite(self, client: Backend, backend: Backend) -> bool:
         """The one decision between streaming bytes untouched and parsing the body."""
@@ -213,7 +232,34 @@ def _parse_route(name: str, spec: Any) -> Route:
         connect_timeout=_seconds(spec, "connect_timeout", key),
         read_timeout=_seconds(spec, "read_timeout", key),
         parity=_parse_parity(spec.get("parity", {}), adapter_name, f"{key}.parity"),
+        guard=_parse_guard(spec.get("guard", {}), f"{key}.guard"),
     )
+
+
+def _parse_guard(spec: Any, key: str) -> GuardPolicy:
+    if not isinstance(spec, Mapping):
+        raise ConfigError("must be a table", key=key)
+    values: dict[str, Any] = {}
+    ratios = ("max_error_ratio", "max_parity_failure_ratio")
+    for name, value in spec.items():
+        where = f"{key}.{name}"
+        number = not isinstance(value, bool) and isinstance(value, int | float)
+        if name == "enabled":
+            if not isinstance(value, bool):
+                raise ConfigError("must be true or false", key=where)
+        elif name in ratios:
+            if not number or not 0 <= value <= 1:
+                raise ConfigError("must be a number from 0 to 1", key=where)
+        elif name in ("window_seconds", "max_p99_seconds"):
+            if not number or value <= 0:
+                raise ConfigError("must be a positive number of seconds", key=where)
+        elif name in ("min_requests", "trip_after"):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError("must be a whole number of at least 1", key=where)
+        else:
+            raise ConfigError("unknown key", key=where)
+        values[name] = value
+    return GuardPolicy(**values)
 
 
 def _parse_parity(spec: Any, adapter_name: str, key: str) -> ParityPolicy:

@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     shadow_timeout: float = Field(5.0, gt=0)
     shadow_max_body_bytes: int = Field(4 * MiB, ge=1024)  # request or answer; larger: skipped
     parity_window_hours: float = Field(24.0, gt=0)
+    parity_gate_max_age_hours: float = Field(1.0, gt=0)  # newest sample older: evidence stale
+    canary_key_header: str = "x-shim-key"
+    fallback_budget_ratio: float = Field(0.5, ge=0, le=1)
+    fallback_budget_burst: float = Field(20.0, ge=1)
+    guard_interval_seconds: float = Field(0.5, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
 

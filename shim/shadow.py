@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -85,9 +86,17 @@ class Capture:
 class Shadower:
     """One worker's shadow traffic: decides, bounds, runs and records."""
 
-    def __init__(self, settings: Settings, upstream: Upstream, store: ParityStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        upstream: Upstream,
+        store: ParityStore,
+        *,
+        on_compared: Callable[[str, bool], None] | None = None,
+    ) -> None:
         self.upstream = upstream
         self.store = store
+        self.on_compared = on_compared
         self.max_inflight = settings.shadow_max_inflight
         self.timeout = settings.shadow_timeout
         self.limit = settings.shadow_max_body_bytes
@@ -152,12 +161,16 @@ class Shadower:
                     repeat = await self.fetch(route, target, capture.method, url, headers, payload)
         except (BackendError, TimeoutError) as exc:
             message = getattr(exc, "message", None) or f"the {target} shadow timed out"
-            record_sample(self.store, capture, error=message)
+            self._compared(record_sample(self.store, capture, error=message))
             return
         answers = {capture.primary: (capture.primary_status, primary_body), target: (status, body)}
-        record_sample(self.store, capture, answers=answers)
+        self._compared(record_sample(self.store, capture, answers=answers))
         if repeat is not None:
             record_noise(self.store, capture, target, (status, body), repeat)
+
+    def _compared(self, record: dict[str, Any]) -> None:
+        if self.on_compared is not None:
+            self.on_compared(record["endpoint"], bool(record.get("matched")))
 
     def url_for(self, route: Route, backend: Backend, capture: Capture) -> URL:
         text = self.upstream.base_urls[backend] + route.faces[backend].render(capture.params)
@@ -273,7 +286,11 @@ def record_sample(
     record.update(primary=capture.primary, client=capture.client)
     if error is not None:
         record.update(
-            error=error, blocking=[], metrics={}, request=excerpt(bytes(capture.request_body))
+            error=error,
+            blocking=[],
+            metrics={},
+            matched=False,
+            request=excerpt(bytes(capture.request_body)),
         )
         metrics.PARITY_COMPARISONS.labels(route.name, "error").inc()
     else:
@@ -284,9 +301,10 @@ def record_sample(
         record["status"] = {"rust": answers["rust"][0], "go": answers["go"][0]}
         record["blocking"] = [d.to_dict() for d in problems[:20]]
         below = _below_threshold(route, comparison)
-        if problems or below:
+        record["matched"] = not problems and not below
+        if not record["matched"]:
             record["request"] = excerpt(bytes(capture.request_body))
-        metrics.observe_comparison(route.name, comparison, matched=not problems and not below)
+        metrics.observe_comparison(route.name, comparison, matched=record["matched"])
     try:
         store.append(record)
     except OSError as exc:

@@ -244,9 +244,9 @@ def test_backend_error_status_is_passed_on_untranslated(shim_on_echo_go: Shim) -
     response = httpx.post(
         f"{shim_on_echo_go.url}/ai/embed",
         json={"texts": ["a"]},
-        headers={"x-test-body": '{"error": "model busy"}', "x-test-status": "503"},
+        headers={"x-test-body": '{"error": "model busy"}', "x-test-status": "429"},
     )
-    assert response.status_code == 503
+    assert response.status_code == 429  # not 502/503/504: no fallback, passed on as it is
     assert response.json() == {"error": "model busy"}
     assert response.headers["x-shim-backend"] == "go"
 

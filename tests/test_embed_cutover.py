@@ -215,36 +215,47 @@ def test_go_prefix_answers_like_bare_go_face(start_shim: Callable[..., Shim]) ->
     assert bare.json()["model"] == "nomic-embed-text-v2-moe"  # the Go face's default
 
 
-def test_backend_down_is_a_502_naming_the_setting_and_a_flip_routes_around_it(
+def test_backend_down_falls_back_on_idempotent_routes_and_is_a_502_otherwise(
     start_shim: Callable[..., Shim],
 ) -> None:
     from tests.servers import free_port
 
     shim = start_shim(rust_url=f"http://127.0.0.1:{free_port()}")
-    for path in ("/ai/embed", "/v1/embed"):  # both faces are served by the dead Rust backend
-        down = httpx.post(shim.url + path, json={"texts": ["a"]})
-        assert down.status_code == 502
+    served = httpx.post(f"{shim.url}/ai/embed", json={"texts": ["a"]})
+    assert served.status_code == 200  # idempotent: retried on Go, answered in the Rust shape
+    assert served.headers["x-shim-fallback"] == "rust->go"
+    assert served.headers["x-shim-backend"] == "go"
+    assert set(served.json()) == {"embeddings", "dimensions", "model"}
+    for method, path, body in [
+        ("POST", "/ai/chat", {"messages": [{"role": "u", "content": "x"}]}),
+        ("PUT", "/storage/k", {"x": 1}),
+    ]:
+        down = httpx.request(method, shim.url + path, json=body)
+        assert down.status_code == 502, path  # not idempotent: never retried elsewhere
         assert down.json()["error"]["code"] == "backend_unreachable"
         assert "SHIM_RUST_URL" in down.json()["error"]["message"]
         assert down.headers["x-shim-backend"] == "rust"
-    shim.cli("flags", "set", "embed", "go")
-    assert wait_until_served_by(shim, endpoint="embed", backend="go") < 1
-    assert httpx.post(f"{shim.url}/v1/embed", json={"texts": ["a"]}).status_code == 200
+        assert "x-shim-fallback" not in down.headers
 
 
-def test_slow_backend_is_a_504_within_the_timeout(
+def test_slow_backends_are_a_504_within_the_timeouts(
     start_shim: Callable[..., Shim], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     from tests.servers import reference
 
-    slow, slow_url = reference("rust", tmp_path_factory.mktemp("slow"), latency_ms=3000)
+    tmp = tmp_path_factory.mktemp("slow")
+    slow_rust, rust_url = reference("rust", tmp, latency_ms=3000)
+    slow_go, go_url = reference("go", tmp, latency_ms=3000)
     try:
-        shim = start_shim(rust_url=slow_url, SHIM_READ_TIMEOUT="0.5")
+        shim = start_shim(rust_url=rust_url, go_url=go_url, SHIM_READ_TIMEOUT="0.5")
         started = time.monotonic()
         response = httpx.post(f"{shim.url}/ai/embed", json={"texts": ["a"]}, timeout=10)
-        assert time.monotonic() - started < 1.5
+        elapsed = time.monotonic() - started
+        assert elapsed < 1.6  # 0.5 s on Rust, then 0.5 s on the Go fallback
         assert response.status_code == 504
         assert response.json()["error"]["code"] == "backend_timeout"
-        assert response.headers["x-shim-backend"] == "rust"
+        assert response.headers["x-shim-fallback"] == "rust->go"
+        assert response.headers["x-shim-backend"] == "go"
     finally:
-        slow.stop()
+        slow_rust.stop()
+        slow_go.stop()

@@ -1,0 +1,149 @@
+"""The parity gate: moving traffic towards Go needs a recent PASS verdict.
+
+Serving `go`, or a higher canary `percent`, is refused unless the endpoint's parity verdict
+is PASS and its newest comparison is recent; `force` overrides and the audit record says
+so. Moving traffic back towards Rust is never gated. `SHIM_PARITY_GATE=false` turns the gate
+off for a deployment. CLI and admin API both change flags through `gated_set`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from types import EllipsisType
+from typing import Any
+
+from shim.errors import FlagError
+from shim.flags import Change, Flag, FlagStore
+from shim.parity import PASS, ParityStore, Verdict, judge
+from shim.settings import Settings
+from shim.types import Backend
+
+
+class GateClosed(FlagError):
+    """Moving traffic towards Go without a recent PASS parity verdict."""
+
+    status_code = 412
+    code = "parity_gate"
+
+
+def go_share(flag: Flag) -> int:
+    """Percent of an endpoint's callers that Go serves under `flag`."""
+    if flag.percent is not None:
+        return flag.percent
+    return 100 if flag.serve == "go" else 0
+
+
+@dataclass
+class GateDecision:
+    """What the gate says about one proposed change, and the evidence."""
+
+    endpoint: str
+    current: Flag
+    proposed: Flag
+    towards_go: bool
+    allowed: bool
+    reason: str
+    verdict: Verdict | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            "current": self.current.settings(),
+            "proposed": self.proposed.settings(),
+            "towards_go": self.towards_go,
+            "allowed": self.allowed,
+            "reason": self.reason,
+            "verdict": self.verdict.to_dict() if self.verdict else None,
+            "warnings": self.warnings,
+        }
+
+
+def evaluate(
+    settings: Settings,
+    store: FlagStore,
+    parity: ParityStore,
+    endpoint: str,
+    current: Flag,
+    proposed: Flag,
+    *,
+    now: float | None = None,
+) -> GateDecision:
+    """Judge a proposed change against the endpoint's parity evidence."""
+    route = store.routes[endpoint]
+    towards = not route.go_only and go_share(proposed) > go_share(current)
+    decision = GateDecision(endpoint, current, proposed, towards, True, "")
+    if route.shadowable:
+        records = [
+            r
+            for r in parity.samples(window_seconds=settings.parity_window_hours * 3600)
+            if r.get("endpoint") == endpoint
+        ]
+        decision.verdict = judge(route, records)
+        last = decision.verdict.last_sample
+        age_hours = ((now or time.time()) - last) / 3600 if last else None
+        if last is None:
+            decision.warnings.append(
+                f"no parity data for {endpoint}: turn shadow on "
+                f"(shim flags set {endpoint} {current.serve} --shadow) or run "
+                f"`shim parity probe {endpoint} --record`"
+            )
+        elif age_hours is not None and age_hours > settings.parity_gate_max_age_hours:
+            decision.warnings.append(
+                f"the newest comparison is {age_hours:.1f} h old (stale after "
+                f"{settings.parity_gate_max_age_hours:g} h)"
+            )
+    if not towards:
+        decision.reason = "moves no traffic towards Go: never gated"
+        return decision
+    if not settings.parity_gate:
+        decision.reason = "parity gate is off (SHIM_PARITY_GATE=false)"
+        return decision
+    verdict = decision.verdict
+    if verdict is not None and verdict.verdict == PASS and not decision.warnings:
+        decision.reason = f"parity {verdict.headline()}"
+        return decision
+    evidence = verdict.headline() if verdict else "no parity verdict (not shadowable)"
+    decision.allowed = False
+    decision.reason = (
+        f"{endpoint}: moving traffic towards Go needs a recent PASS parity verdict; it has "
+        f"{evidence}"
+        + (f" ({decision.warnings[0]})" if decision.warnings else "")
+        + ". Gather evidence with shadow traffic or a recorded probe, or override with "
+        '--force ("force": true in the API), which the audit trail records'
+    )
+    return decision
+
+
+def gated_set(
+    settings: Settings,
+    store: FlagStore,
+    parity: ParityStore,
+    endpoint: str,
+    *,
+    serve: Backend | None,
+    shadow: bool | None,
+    percent: int | EllipsisType | None,
+    actor: str,
+    reason: str | None,
+    force: bool = False,
+    dry_run: bool = False,
+) -> tuple[GateDecision, Change | None]:
+    """Check the gate, then (unless `dry_run`) write the change. GateClosed when refused."""
+    current, proposed = store.plan(endpoint, serve=serve, shadow=shadow, percent=percent)
+    decision = evaluate(settings, store, parity, endpoint, current, proposed)
+    if dry_run:
+        return decision, None
+    if not decision.allowed and not force:
+        raise GateClosed(decision.reason)
+    change = store.set(
+        endpoint,
+        serve=serve,
+        shadow=shadow,
+        percent=percent,
+        actor=actor,
+        reason=reason,
+        forced=not decision.allowed,
+    )
+    return decision, change
