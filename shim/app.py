@@ -118,8 +118,8 @@ class ShimApp:
             await asyncio.sleep(HEARTBEAT_SECONDS)
             try:
                 await asyncio.to_thread(self._publish)
-            except OSError as exc:
-                log.error("cannot publish worker status: %s", exc)
+            except Exception:
+                log.exception("cannot publish worker status; retrying in a second")
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:

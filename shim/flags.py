@@ -443,10 +443,15 @@ class FlagView:
         return True
 
     async def watch(self) -> None:
+        """Poll for the worker's whole life: an error is logged and the next poll retries,
+        because a dead watcher would leave this worker on an old generation for good."""
         while True:
             await asyncio.sleep(self.poll_seconds)
-            if self._stat() != self._identity:
-                await asyncio.to_thread(self.refresh)
+            try:
+                if self._stat() != self._identity:
+                    await asyncio.to_thread(self.refresh)
+            except Exception:
+                log.exception("flag watcher: refresh failed; retrying at the next poll")
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:

@@ -141,10 +141,14 @@ class Guard:
         )
 
     async def run(self, interval: float) -> None:
+        """Check every `interval` seconds for the worker's whole life (errors are logged)."""
         while True:
             await asyncio.sleep(interval)
-            for check in self.evaluate():
-                await self.roll_back(check)
+            try:
+                for check in self.evaluate():
+                    await self.roll_back(check)
+            except Exception:
+                log.exception("guard check failed; retrying at the next interval")
 
     async def roll_back(self, check: Check) -> None:
         reason = f"guard: {check.reason}"

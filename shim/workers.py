@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -85,14 +86,20 @@ class WorkerRegistry:
     def __init__(self, state_dir: Path) -> None:
         self.directory = state_dir / WORKERS_DIR
         self.host = socket.gethostname()
+        self._lock = threading.Lock()
 
     def publish(self, status: WorkerStatus) -> None:
-        """Replace this worker's file (rename, so a reader never sees half of it)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Replace this worker's file (rename, so a reader never sees half of it).
+
+        The heartbeat and a flag change may publish at the same moment from two threads:
+        the lock and a per-thread temp name keep them from renaming each other's file.
+        """
         path = self.directory / f"{status.pid}.json"
-        temporary = path.with_suffix(".tmp")
-        temporary.write_bytes(orjson.dumps(asdict(status)))
-        os.replace(temporary, path)
+        temporary = self.directory / f".{status.pid}.{threading.get_ident()}.tmp"
+        with self._lock:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            temporary.write_bytes(orjson.dumps(asdict(status)))
+            os.replace(temporary, path)
 
     def remove(self, pid: int) -> None:
         with contextlib.suppress(FileNotFoundError):
