@@ -32,6 +32,7 @@ from shim.errors import (
     Unauthorized,
 )
 from shim.flags import Change, FlagStore, FlagView, pin_conflicts, resolve
+from shim.gate import gated_set
 from shim.parity import ParityStore
 from shim.parity import verdicts as parity_verdicts
 from shim.routes import RouteTable
@@ -40,7 +41,7 @@ from shim.types import BACKENDS
 from shim.upstream import Upstream
 from shim.workers import Applied, WorkerRegistry
 
-FLAG_KEYS = frozenset({"serve", "shadow", "percent", "reason", "force"})
+FLAG_KEYS = frozenset({"serve", "shadow", "percent", "reason", "force", "dry_run"})
 _ACTOR = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 
 
@@ -99,6 +100,7 @@ def change_document(change: Change) -> dict[str, Any]:
         "generation": change.generation,
         "actor": change.after.actor,
         "reason": change.after.reason,
+        "forced": change.forced,
     }
 
 
@@ -156,10 +158,11 @@ def flag_update(document: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(document["reason"], str | None):
             raise InvalidValue("reason must be a string")
         update["reason"] = document["reason"]
-    if "force" in document:
-        if not isinstance(document["force"], bool):
-            raise InvalidValue("force must be true or false")
-        update["forced"] = document["force"]
+    for name in ("force", "dry_run"):
+        if name in document:
+            if not isinstance(document[name], bool):
+                raise InvalidValue(f"{name} must be true or false")
+            update[name] = document[name]
     return update
 
 
@@ -198,7 +201,22 @@ def build_admin(context: AdminContext) -> Starlette:
         authorize(request, settings.admin_token)
         endpoint = request.path_params["endpoint"]
         update = flag_update(await json_object(request))
-        change = await asyncio.to_thread(store.set, endpoint, actor=actor_of(request), **update)
+        decision, change = await asyncio.to_thread(
+            gated_set,
+            settings,
+            store,
+            context.parity,
+            endpoint,
+            serve=update.get("serve"),
+            shadow=update.get("shadow"),
+            percent=update.get("percent", ...),
+            actor=actor_of(request),
+            reason=update.get("reason"),
+            force=update.get("force", False),
+            dry_run=update.get("dry_run", False),
+        )
+        if update.get("dry_run"):
+            return JSONResponse({"dry_run": True, **decision.to_dict()})
         if change is None:
             current = resolve(store.read(), context.routes, store.pins, endpoint)
             return JSONResponse(
@@ -206,7 +224,12 @@ def build_admin(context: AdminContext) -> Starlette:
             )
         applied = await wait(change.generation)
         return JSONResponse(
-            {**change_document(change), "changed": True, "applied": applied.to_dict()}
+            {
+                **change_document(change),
+                "changed": True,
+                "gate": decision.reason,
+                "applied": applied.to_dict(),
+            }
         )
 
     async def rollback(request: Request) -> Response:

@@ -111,8 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
     flag_set.add_argument("endpoint")
     flag_set.add_argument("backend", choices=["rust", "go"])
     flag_set.add_argument("--shadow", action=argparse.BooleanOptionalAction, default=None)
-    flag_set.add_argument("--percent", type=int, help="canary share served by Go (0-100)")
+    flag_set.add_argument(
+        "--percent",
+        type=int,
+        help="canary: this share of callers (0-100) served by Go, whatever BACKEND says; "
+        "without it any canary is cleared",
+    )
     flag_set.add_argument("--reason", help="recorded in the audit trail")
+    flag_set.add_argument(
+        "--force",
+        action="store_true",
+        help="move traffic towards Go without a PASS parity verdict (audited as forced)",
+    )
+    flag_set.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show what would change and the parity evidence; change nothing",
+    )
     flag_set.set_defaults(run=run_flags_set)
 
     rollback = commands.add_parser("rollback", help="send endpoints (default: all) back to rust")
@@ -370,19 +385,43 @@ def _report(registry: WorkerRegistry, generation: int, settings: Settings) -> in
 
 
 def run_flags_set(args: argparse.Namespace) -> int:
+    from shim.gate import gated_set
+    from shim.parity import ParityStore
+
     settings, _, store, registry = _operator_view(args)
-    percent = ... if args.percent is None else args.percent
-    change = store.set(
+    decision, change = gated_set(
+        settings,
+        store,
+        ParityStore(settings.state_dir),
         args.endpoint,
         serve=args.backend,
         shadow=args.shadow,
-        percent=percent,
+        percent=args.percent,
         actor=cli_actor(),
         reason=args.reason,
+        force=args.force,
+        dry_run=args.dry_run,
     )
+    if args.dry_run:
+        print(
+            f"dry run: {args.endpoint}: {_describe(decision.current)} -> "
+            f"{_describe(decision.proposed)}"
+        )
+        if decision.verdict is not None:
+            print(f"  parity: {decision.verdict.headline()}")
+        for warning in decision.warnings:
+            print(f"  warning: {warning}")
+        print(f"  gate: {'allows' if decision.allowed else 'refuses'}: {decision.reason}")
+        print("nothing changed")
+        return 0 if decision.allowed else EXIT_REFUSED
     if change is None:
-        print(f"{args.endpoint}: already {args.backend}; nothing changed")
+        print(f"{args.endpoint}: already {_describe(decision.current)}; nothing changed")
         return 0
+    if change.forced:
+        print(
+            f"forced past the parity gate (recorded in the audit trail): {decision.reason}",
+            file=sys.stderr,
+        )
     print(
         f"{change.endpoint}: {_describe(change.before)} -> {_describe(change.after)} "
         f"(generation {change.generation})"

@@ -41,6 +41,9 @@ def run_demo(args: argparse.Namespace) -> int:
     def stop(*_: object) -> None:
         raise KeyboardInterrupt
 
+    # Explicitly: a process started from a background job inherits SIGINT as ignored, and
+    # Ctrl-C would then do nothing at all.
+    signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
         for command in commands:

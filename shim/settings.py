@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     parity_window_hours: float = Field(24.0, gt=0)
     parity_gate_max_age_hours: float = Field(1.0, gt=0)  # newest sample older: evidence stale
     canary_key_header: str = "x-shim-key"
-    fallback_budget_ratio: float = Field(0.5, ge=0, le=1)
+    # Retries may add up to this share of load on the fallback side: above 0.5, so a backend
+    # failing every other request is ridden out until the guard rolls it back.
+    fallback_budget_ratio: float = Field(0.6, ge=0, le=1)
     fallback_budget_burst: float = Field(20.0, ge=1)
     guard_interval_seconds: float = Field(0.5, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
