@@ -109,8 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     flag_set = flag_commands.add_parser("set", help="route an endpoint to rust or go")
     _config_option(flag_set)
     flag_set.add_argument("endpoint")
-    flag_set.add_argument("backend", choices=["rust", "go"])
-    flag_set.add_argument("--shadow", action=argparse.BooleanOptionalAction, default=None)
+    flag_set.add_argument(
+        "backend",
+        choices=["rust", "go"],
+        metavar="BACKEND",
+        help="rust or go: who serves the endpoint",
+    )
+    flag_set.add_argument(
+        "--shadow",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mirror requests to the other backend and compare (parity); default: unchanged",
+    )
     flag_set.add_argument(
         "--percent",
         type=int,

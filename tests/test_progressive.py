@@ -158,7 +158,7 @@ def test_guard_rolls_back_a_failing_go_while_clients_get_fallback_answers(
     assert "go error ratio" in str(rolled_back[0]["reason"])
     assert rolled_back[0]["after"]["serve"] == "rust"  # type: ignore[index]
     assert time.monotonic() - started < 30
-    assert results[-1][1:] == ("rust", None)  # after the rollback Rust serves directly
+    assert rolled.is_set()  # after the rollback, Rust answered directly (no fallback)
     metrics = httpx.get(f"{shim.admin_url}/metrics").text
     assert 'shim_guard_rollbacks_total{endpoint="embed"} 1.0' in metrics
     assert (
