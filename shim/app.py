@@ -18,6 +18,7 @@ import orjson
 
 from shim import logs, metrics
 from shim.admin import AdminContext, build_admin
+from shim.edge import EdgeGuard
 from shim.errors import NotFound
 from shim.flags import FlagState, FlagStore, FlagView, check_pins
 from shim.guard import Guard
@@ -178,10 +179,11 @@ async def _healthz(send: Send) -> None:
     await send({"type": "http.response.body", "body": _HEALTHZ_BODY})
 
 
-def create_app() -> ShimApp:
-    """uvicorn factory: settings from the environment, route table from its file."""
+def create_app() -> EdgeGuard:
+    """uvicorn factory: settings from the environment, route table from its file; the edge
+    guard in front of everything."""
     settings = load_settings()
     logs.configure(settings.log_level)
     routes = load_routes(settings.resolved_routes_file())
     check_pins(settings.pin, routes)
-    return ShimApp(settings, routes)
+    return EdgeGuard(ShimApp(settings, routes))

@@ -225,11 +225,15 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     if args.config:
         os.environ["SHIM_CONFIG"] = str(Path(args.config).resolve())
+    from shim.protocol import ShimHttpProtocol
+
+    ShimHttpProtocol.configure(settings)
     config = uvicorn.Config(
         "shim.app:create_app",
         factory=True,
         loop="uvloop",
-        http="httptools",
+        http=ShimHttpProtocol,  # httptools, plus read deadlines and JSON refusals
+        limit_concurrency=settings.limit_concurrency,
         lifespan="on",
         workers=settings.workers,
         access_log=False,

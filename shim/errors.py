@@ -14,6 +14,7 @@
     │   ├── UnknownEndpoint        404 unknown_endpoint
     │   ├── FlagRefused            422 flag_refused (e.g. a Go-only endpoint to rust)
     │   └── FlagPinned             409 flag_pinned (names the SHIM_PIN__ variable)
+    ├── Overloaded                 503 overloaded: too many requests in flight to a backend
     └── BackendError               502 backend_error: the backend failed or answered badly
         ├── BackendUnreachable     502 backend_unreachable
         ├── BadBackendAnswer       502 bad_backend_answer
@@ -137,6 +138,14 @@ class FlagPinned(FlagError):
     def __init__(self, message: str, *, variable: str) -> None:
         super().__init__(message)
         self.variable = variable
+
+
+class Overloaded(ShimError):
+    """Too many requests are in flight to one backend: shed, never queue."""
+
+    status_code = 503
+    code = "overloaded"
+    retry_after = 1
 
 
 class BackendError(ShimError):

@@ -8,10 +8,12 @@ its adapter and answers in one message.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +34,7 @@ from shim.errors import (
     BadRequest,
     MethodNotAllowed,
     NotFound,
+    Overloaded,
     PayloadTooLarge,
     ShimError,
 )
@@ -95,6 +98,8 @@ class Proxy:
             ratio=settings.fallback_budget_ratio, burst=settings.fallback_budget_burst
         )
         self.caller_header = settings.canary_key_header.lower().encode("latin-1")
+        self.max_inflight = settings.max_connections_per_backend
+        self.inflight: dict[Backend, int] = {"rust": 0, "go": 0}
         self.max_json_bytes = settings.max_json_bytes
         self.max_backend_json_bytes = max(settings.max_json_bytes * 8, 128 * 1024 * 1024)
         self.log_access = settings.access_log
@@ -173,6 +178,38 @@ class Proxy:
             body = _tee_request(body, capture)
         call = Call(scope, send, ex, match, request, body, capture)
         self.budget.earn()
+        if isinstance(body, bytes | None):
+            # The body is in: from now on receive() only says whether the client is still there.
+            await self._while_connected(receive, self._exchange(call, backend))
+        else:
+            await self._exchange(call, backend)  # a streamed upload notices a disconnect itself
+        if capture is not None and call.capture is not None:
+            self.shadower.submit(capture)  # after the client has its whole answer
+
+    async def _while_connected(self, receive: Receive, exchange: Awaitable[None]) -> None:
+        """Run the exchange, cancelling it the moment the client disconnects, so an aborted
+        request releases its upstream connection instead of reading on for nobody."""
+        task = asyncio.current_task()
+        assert task is not None
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            task.cancel()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            await exchange
+        except asyncio.CancelledError:
+            if watcher.done() and not watcher.cancelled() and task.uncancel() == 0:
+                raise ClientDisconnected from None
+            raise
+        finally:
+            watcher.cancel()
+
+    async def _exchange(self, call: Call, backend: Backend) -> None:
+        """An attempt on `backend`, and one on the other backend when it may fall back."""
+        ex, route = call.ex, call.match.route
         try:
             await self._attempt(call, backend)
         except (BackendUnreachable, BackendTimeout, FallbackStatus) as failure:
@@ -196,8 +233,6 @@ class Proxy:
             ex.fallback, ex.backend = f"{backend}->{other}", other
             call.capture = None  # a fallback answer is not a shadow comparison
             await self._attempt(call, other)
-        if capture is not None and call.capture is not None:
-            self.shadower.submit(capture)  # after the client has its whole answer
 
     def _choose(self, endpoint: str, caller: str) -> Backend:
         """The flag's backend, or the caller's sticky canary side when a percent is set."""
@@ -226,6 +261,12 @@ class Proxy:
         """One try on `backend`; the guard hears how Go did."""
         started = time.perf_counter()
         route = call.match.route
+        if self.inflight[backend] >= self.max_inflight:
+            raise Overloaded(
+                f"{self.max_inflight} requests are already in flight to the {backend} backend "
+                "in this worker; retry shortly (SHIM_MAX_CONNECTIONS_PER_BACKEND)"
+            )
+        self.inflight[backend] += 1
         try:
             if route.needs_rewrite(call.match.client, backend):
                 await self._translate(call, backend)
@@ -235,6 +276,8 @@ class Proxy:
             if backend == "go":
                 self.guard.observe(route.name, ok=False, seconds=time.perf_counter() - started)
             raise
+        finally:
+            self.inflight[backend] -= 1
         if backend == "go":
             ok = call.ex.status < 500
             self.guard.observe(route.name, ok=ok, seconds=time.perf_counter() - started)
@@ -472,11 +515,33 @@ def parse_json(raw: bytes, *, side: str) -> Any:
     A client's bad JSON is a 400; a backend's is a 502.
     """
     try:
-        return orjson.loads(raw)
+        document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         if side == "client":
             raise BadRequest(f"request body is not valid JSON: {exc}", code="bad_json") from None
         raise BadBackendAnswer(f"the {side} backend's answer is not valid JSON: {exc}") from None
+    if side == "client" and (huge := huge_integer(raw)):
+        raise BadRequest(
+            f"request body has an integer beyond 64 bits ({huge[:24]}…): it cannot be passed "
+            "on exactly; send it as a string",
+            code="bad_json",
+        )
+    return document
+
+
+_STRING_OR_LONG_NUMBER = re.compile(rb'"(?:[^"\\]|\\.)*"|(?<![\d.eE+-])-?\d{19,}(?![\d.eE])')
+
+
+def huge_integer(raw: bytes) -> str | None:
+    """An integer literal orjson would silently turn into a float (beyond 64 bits), if any.
+
+    Only client bodies are checked (they are small); strings are skipped whole.
+    """
+    for found in _STRING_OR_LONG_NUMBER.finditer(raw):
+        token = found.group()
+        if token[:1] != b'"' and not -(2**63) <= int(token) < 2**64:
+            return token.decode()
+    return None
 
 
 def _adapter_message(what: str, exc: AdapterError) -> str:
@@ -507,6 +572,8 @@ async def send_error(send: Send, exc: ShimError, ex: Exchange) -> None:
     ]
     if isinstance(exc, MethodNotAllowed):
         headers.append((b"allow", ", ".join(sorted(exc.allowed)).encode()))
+    if isinstance(exc, Overloaded):
+        headers.append((b"retry-after", str(exc.retry_after).encode()))
     ex.status, ex.bytes_out = exc.status_code, len(body)
     await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})

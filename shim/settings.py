@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     fallback_budget_ratio: float = Field(0.6, ge=0, le=1)
     fallback_budget_burst: float = Field(20.0, ge=1)
     guard_interval_seconds: float = Field(0.5, gt=0)
+    header_timeout: float = Field(10.0, gt=0)  # a request's headers must arrive within this
+    body_timeout: float = Field(60.0, gt=0)  # ... and its body within this
+    max_header_bytes: int = Field(64 * 1024, ge=4096)
+    total_timeout: float | None = Field(None, gt=0)  # whole exchange; a route may override
+    limit_concurrency: int = Field(2048, ge=16)  # connections+tasks per worker; past it, 503
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
 

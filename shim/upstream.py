@@ -92,14 +92,15 @@ class Upstream:
         return {"reachable": True, "url": url, "status": response.status, "ms": elapsed_ms}
 
     def timeout(self, route: Route) -> aiohttp.ClientTimeout:
-        """The route's connect and between-bytes read timeouts (cached per pair)."""
+        """The route's connect, between-bytes read and total timeouts (cached)."""
         key = (
             route.connect_timeout or self.settings.connect_timeout,
             route.read_timeout or self.settings.read_timeout,
+            route.total_timeout or self.settings.total_timeout,
         )
         timeout = self._timeouts.get(key)
         if timeout is None:
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=key[0], sock_read=key[1])
+            timeout = aiohttp.ClientTimeout(total=key[2], sock_connect=key[0], sock_read=key[1])
             self._timeouts[key] = timeout
         return timeout
 

@@ -33,9 +33,15 @@ def test_adapters_import_only_the_stdlib_basics_and_numpy() -> None:
         assert imports(path) <= ADAPTERS_MAY_IMPORT, path.name
 
 
-def test_only_the_cli_imports_uvicorn() -> None:
+def test_only_the_cli_and_its_protocol_import_uvicorn() -> None:
     users = {p.name for p in (ROOT / "shim").rglob("*.py") if "uvicorn" in imports(p)}
-    assert users == {"cli.py"}
+    assert users == {"cli.py", "protocol.py"}  # the protocol is a uvicorn extension
+    app_side = {
+        p.name
+        for p in (ROOT / "shim").rglob("*.py")
+        if "shim.protocol" in p.read_text() and p.name != "protocol.py"
+    }
+    assert app_side == {"cli.py"}
 
 
 def test_types_module_imports_nothing_of_the_shim() -> None:
