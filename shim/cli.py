@@ -173,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parity_probe.add_argument("--markdown", action="store_true")
     parity_probe.set_defaults(run=run_parity_probe)
+    parity_reset = parity_commands.add_parser(
+        "reset", help="forget the parity samples (of one endpoint), e.g. after fixing a drift"
+    )
+    _config_option(parity_reset)
+    parity_reset.add_argument("--endpoint", help="one endpoint only (default: all)")
+    parity_reset.set_defaults(run=run_parity_reset)
 
     check = commands.add_parser("check", help="validate settings, route table and flag state")
     _config_option(check)
@@ -557,6 +563,17 @@ def run_parity(args: argparse.Namespace) -> int:
             f"\nwindow: last {settings.parity_window_hours:g} h of {len(records)} samples "
             f"in {settings.state_dir / 'parity'}"
         )
+    return 0
+
+
+def run_parity_reset(args: argparse.Namespace) -> int:
+    from shim.parity import ParityStore
+
+    settings, routes = _load(args)
+    if args.endpoint is not None and args.endpoint not in routes:
+        raise UnknownEndpoint(f"no endpoint {args.endpoint!r} in the route table")
+    dropped = ParityStore(settings.state_dir).forget(args.endpoint)
+    print(f"forgot {dropped} parity samples of {args.endpoint or 'every endpoint'}")
     return 0
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from shim.errors import ConfigError, FlagPinned, FlagRefused, ShimError, UnknownEndpoint
+from shim.jsonl import read_records
 from shim.routes import RouteTable
 from shim.types import BACKENDS, Backend
 
@@ -342,19 +343,8 @@ def audit_record(change: Change) -> dict[str, Any]:
 
 def read_audit(state_dir: Path, endpoint: str | None = None) -> list[dict[str, Any]]:
     """The audit trail, oldest first (a torn last line from a crash is skipped)."""
-    try:
-        lines = (state_dir / AUDIT_FILE).read_bytes().splitlines()
-    except FileNotFoundError:
-        return []
-    records = []
-    for line in lines:
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
-        if endpoint is None or record.get("endpoint") == endpoint:
-            records.append(record)
-    return records
+    records = read_records(state_dir / AUDIT_FILE)
+    return [r for r in records if endpoint is None or r.get("endpoint") == endpoint]
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from shim.jsonl import read_records
 from shim.routes import Route, RouteTable
 
 PARITY_DIR = "parity"
@@ -56,35 +57,21 @@ class ParityStore:
             try:
                 if path.stat().st_mtime < cutoff:
                     continue
-                lines = path.read_bytes().splitlines()
             except OSError:
                 continue
-            for line in lines:
-                try:
-                    record = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    continue  # a torn last line of a crashed worker
-                if record.get("ts", 0) >= cutoff:
-                    records.append(record)
+            records.extend(r for r in read_records(path) if r.get("ts", 0) >= cutoff)
         records.sort(key=lambda r: r.get("ts", 0))
         return records
 
     def forget(self, endpoint: str | None = None) -> int:
-        """Drop the samples (of one endpoint); returns how many were dropped."""
+        """Drop the samples (of one endpoint), e.g. after a drift was fixed; returns how many
+        were dropped. Rewrites each file in place: run it while traffic is quiet."""
         dropped = 0
         for path in self.directory.glob("*.jsonl*") if self.directory.is_dir() else []:
-            lines = path.read_bytes().splitlines()
-            keep = []
-            for line in lines:
-                try:
-                    record = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    continue
-                if endpoint is None or record.get("endpoint") == endpoint:
-                    dropped += 1
-                else:
-                    keep.append(line)
-            path.write_bytes(b"".join(line + b"\n" for line in keep))
+            records = read_records(path)
+            keep = [r for r in records if endpoint is not None and r.get("endpoint") != endpoint]
+            dropped += len(records) - len(keep)
+            path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in keep))
         return dropped
 
 

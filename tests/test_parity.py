@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -146,3 +148,15 @@ def test_markdown_rows_follow_the_seed_log() -> None:
         "| `embed` |" in text and "| `/ai/embed` | `/v1/embed` | ✅ PASS 2/2 cos≥0.99999 |" in text
     )
     assert "| `$.took_ms` | — | 2/2 |" in text
+
+
+def test_forgetting_one_endpoints_samples_keeps_the_others(tmp_path: Path) -> None:
+    from shim.parity import ParityStore
+
+    store = ParityStore(tmp_path)
+    for endpoint in ("embed", "sql", "embed"):
+        store.append({**sample(endpoint), "ts": time.time()})
+    (store.directory / "torn.jsonl").write_bytes(b'{"endpoint": "sql", "ts": 1')  # a crash
+    assert store.forget("embed") == 2
+    assert [r["endpoint"] for r in store.samples(window_seconds=60)] == ["sql"]
+    assert store.forget(None) == 1 and store.samples(window_seconds=60) == []
