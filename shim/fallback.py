@@ -8,35 +8,33 @@ request and spends one per fallback, so retries stay a bounded share of traffic.
 
 from __future__ import annotations
 
-import threading
-
 RETRY_STATUSES = frozenset({502, 503, 504})
 
 
 class RetryBudget:
-    """At most `ratio` fallbacks per request over time, plus a `burst` to start with."""
+    """At most `ratio` fallbacks per request over time, plus a `burst` to start with.
+
+    One per worker, used only from its event loop's thread: no lock needed.
+    """
 
     def __init__(self, *, ratio: float, burst: float) -> None:
         self.ratio = ratio
         self.burst = burst
         self._tokens = burst
-        self._lock = threading.Lock()
 
     def earn(self) -> None:
         """Every request earns a share of a token."""
-        with self._lock:
-            self._tokens = min(self.burst, self._tokens + self.ratio)
+        self._tokens = min(self.burst, self._tokens + self.ratio)
 
     def available(self) -> bool:
         return self._tokens >= 1.0
 
     def spend(self) -> bool:
         """Take a token for one fallback; False when the budget is exhausted."""
-        with self._lock:
-            if self._tokens < 1.0:
-                return False
-            self._tokens -= 1.0
-            return True
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
 
 class FallbackStatus(Exception):
