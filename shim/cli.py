@@ -7,11 +7,13 @@ Operator mistakes (bad config, refused flips) are one line on stderr and a non-z
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +181,20 @@ def build_parser() -> argparse.ArgumentParser:
     _config_option(parity_reset)
     parity_reset.add_argument("--endpoint", help="one endpoint only (default: all)")
     parity_reset.set_defaults(run=run_parity_reset)
+
+    bench = commands.add_parser(
+        "bench", help="the shim vs Python's floor, the common recipe and direct, same run"
+    )
+    bench.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
+    bench.add_argument("--connections", type=int, default=32)
+    bench.add_argument("--rounds", type=int, default=2, help="A B A B alternations (default 2)")
+    bench.add_argument(
+        "--scenarios",
+        default="small,embed,shadow",
+        help="comma-separated: small, embed, shadow (default all)",
+    )
+    bench.add_argument("--json", type=Path, help="also write the results here")
+    bench.set_defaults(run=run_bench)
 
     check = commands.add_parser("check", help="validate settings, route table and flag state")
     _config_option(check)
@@ -563,6 +579,33 @@ def run_parity(args: argparse.Namespace) -> int:
             f"\nwindow: last {settings.parity_window_hours:g} h of {len(records)} samples "
             f"in {settings.state_dir / 'parity'}"
         )
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from shim.bench import bench, render, summarise
+
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = set(scenarios) - {"small", "embed", "shadow"}
+    if unknown:
+        raise ConfigError(f"unknown scenario {sorted(unknown)[0]!r}", key="--scenarios")
+    results = bench(
+        seconds=args.duration,
+        connections=args.connections,
+        rounds=args.rounds,
+        scenarios=scenarios,
+        progress=lambda line: print(line, flush=True),
+    )
+    table, ratios = summarise(results)
+    print()
+    print(render(table, ratios))
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {"results": table, "ratios": ratios, "runs": [asdict(r) for r in results]}, indent=2
+            )
+        )
+        print(f"\nresults written to {args.json}")
     return 0
 
 
