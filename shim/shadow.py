@@ -161,12 +161,17 @@ class Shadower:
                     repeat = await self.fetch(route, target, capture.method, url, headers, payload)
         except (BackendError, TimeoutError) as exc:
             message = getattr(exc, "message", None) or f"the {target} shadow timed out"
-            self._compared(record_sample(self.store, capture, error=message))
+            self._compared(
+                await asyncio.to_thread(record_sample, self.store, capture, error=message)
+            )
             return
         answers = {capture.primary: (capture.primary_status, primary_body), target: (status, body)}
-        self._compared(record_sample(self.store, capture, answers=answers))
+        # Comparing (numpy, JSON) and appending to the parity file stay off the event loop.
+        self._compared(await asyncio.to_thread(record_sample, self.store, capture, answers=answers))
         if repeat is not None:
-            record_noise(self.store, capture, target, (status, body), repeat)
+            await asyncio.to_thread(
+                record_noise, self.store, capture, target, (status, body), repeat
+            )
 
     def _compared(self, record: dict[str, Any]) -> None:
         if self.on_compared is not None:
