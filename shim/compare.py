@@ -279,8 +279,3 @@ def blocking(comparison: Comparison, *, hits_field: str = "results") -> list[Dif
         if d.kind in BLOCKING_KINDS
         and not (comparison.comparator == "ranking" and d.path.startswith(f"$.{hits_field}"))
     ]
-
-
-def shape_path(path: str) -> str:
-    """Public form of the path generaliser used for the catalogue and noise paths."""
-    return _shape_path(path)

@@ -13,7 +13,6 @@ import os
 from collections import Counter as Tally
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import (
     REGISTRY,
@@ -27,6 +26,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from shim.compare import Comparison
 from shim.flags import FlagState, read_audit, resolve
 from shim.routes import RouteTable
 from shim.types import BACKENDS, Backend
@@ -141,7 +141,7 @@ def observe_request(
         timing.observe(seconds)
 
 
-def observe_comparison(endpoint: str, comparison: Any, *, matched: bool) -> None:
+def observe_comparison(endpoint: str, comparison: Comparison, *, matched: bool) -> None:
     """Count one shadow comparison and its cosine / recall."""
     PARITY_COMPARISONS.labels(endpoint, "match" if matched else "mismatch").inc()
     if "min_cosine" in comparison.metrics:
