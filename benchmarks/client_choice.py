@@ -17,19 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+from shim.bench import cpu_seconds, free_port
+
 HERE = Path(__file__).resolve().parent
 KINDS = ("aiohttp", "httpx-aiohttp", "httpx")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_port(port: int) -> None:
@@ -66,9 +57,9 @@ def main() -> None:
                 proxy = uvicorn("client_proxy", port, {"UPSTREAM": upstream, "KIND": kind})
                 wait_port(port)
                 wrk(port, 2)  # warm-up
-                before = cpu_seconds(proxy.pid)
+                before = cpu_seconds([proxy.pid])
                 output = wrk(port, 6)
-                used = cpu_seconds(proxy.pid) - before
+                used = cpu_seconds([proxy.pid]) - before
                 proxy.terminate()
                 proxy.wait()
                 requests = int(re.search(r"(\d+) requests in", output).group(1))

@@ -14,7 +14,6 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,8 @@ import time
 from pathlib import Path
 
 import aiohttp
+
+from shim.bench import free_port
 
 SHIM = [sys.executable, "-m", "shim"]
 MIX = [
@@ -35,12 +36,6 @@ MIX = [
     ("GET", "/nowhere", b"", 404),
     ("POST", "/v1/embed", b'{"texts": [1, 2]}', 400),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def worker_pids(parent: int) -> list[int]:

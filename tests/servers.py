@@ -66,6 +66,14 @@ class Server:
             self.process.wait()
 
 
+def rss_kib(pid: int) -> int:
+    """A process's resident memory in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
 def base_env(**extra: str) -> dict[str, str]:
     """The environment a child sees: ours minus SHIM_* leftovers, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHIM_")}

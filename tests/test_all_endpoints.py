@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +13,7 @@ import pytest
 
 from shim.reference.embedding import unit_embedding
 from tests.flipping import serve_all
-from tests.servers import Shim
+from tests.servers import Shim, rss_kib
 
 PATHS = {
     "vectors_search": {"rust": "/vectors/search", "go": "/v1/vectors/search"},
@@ -110,13 +109,6 @@ def test_go_only_endpoints_cannot_be_flipped_to_rust(start_shim: Callable[..., S
     for endpoint in ("matrix_search", "playbooks_record"):
         refused = shim.cli("flags", "set", endpoint, "rust", check=False)
         assert refused.returncode == 1 and "Go-only" in refused.stderr
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 class RssSampler:

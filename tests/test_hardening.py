@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import ROOT, Server, Shim, base_env, free_port, reference
+from tests.servers import ROOT, Server, Shim, base_env, free_port, reference, rss_kib
 
 
 def raw(port: int, data: bytes, *, timeout: float = 5) -> bytes:
@@ -303,13 +303,6 @@ def close_wait_sockets(ports: set[int]) -> int:
             if state == "08" and ends & ports:
                 count += 1
     return count
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def test_a_thousand_client_aborts_mid_stream_leak_nothing(
