@@ -1,8 +1,10 @@
-"""Flip flags for a running test shim directly through the flag store, and wait for it."""
+"""Drive a running test shim's flags and wait for what follows: workers applying a
+generation, shadow comparisons arriving."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import httpx
 
@@ -28,3 +30,15 @@ def wait_for_generation(shim: Shim, generation: int, timeout: float = 3.0) -> No
             return
         time.sleep(0.05)
     raise AssertionError(f"generation {generation} not applied in {timeout} s")
+
+
+def wait_for_parity(
+    shim: Shim, endpoint: str, *, samples: int, timeout: float = 10
+) -> dict[str, Any]:
+    """The endpoint's verdict once `samples` comparisons are in (shadows run in background)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        verdict = httpx.get(f"{shim.admin_url}/_shim/parity").json()["endpoints"][endpoint]
+        if verdict["samples"] >= samples or time.monotonic() > deadline:
+            return verdict
+        time.sleep(0.1)

@@ -16,7 +16,7 @@ from shim.canary import bucket
 from shim.fallback import RetryBudget
 from shim.flags import FlagStore, FlagView
 from shim.guard import Guard
-from tests.flipping import ROUTES, wait_for_generation
+from tests.flipping import ROUTES, wait_for_generation, wait_for_parity
 from tests.servers import Shim, free_port, own_backend, reference
 
 KEYS = [f"caller-{i}" for i in range(2000)]
@@ -101,12 +101,7 @@ def test_parity_gate_opens_on_a_pass_verdict(start_shim: Callable[..., Shim]) ->
     shim.cli("flags", "set", "embed", "rust", "--shadow")
     for i in range(20):
         assert httpx.post(f"{shim.url}/ai/embed", json={"texts": [f"g{i}"]}).status_code == 200
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        verdict = httpx.get(f"{shim.admin_url}/_shim/parity").json()["endpoints"]["embed"]
-        if verdict["samples"] >= 20:
-            break
-        time.sleep(0.1)
+    assert wait_for_parity(shim, "embed", samples=20)["samples"] >= 20
     dry = shim.cli("flags", "set", "embed", "go", "--shadow", "--dry-run")
     assert "gate: allows: parity PASS 20/20" in dry.stdout
     flipped = shim.cli("flags", "set", "embed", "go", "--shadow")

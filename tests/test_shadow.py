@@ -9,14 +9,13 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from shim.flags import FlagStore
 from shim.reference.embedding import unit_embedding
-from tests.flipping import ROUTES, wait_for_generation
+from tests.flipping import ROUTES, wait_for_generation, wait_for_parity
 from tests.servers import Shim, own_backend, reference
 
 SEED_ROW = re.compile(
@@ -31,16 +30,6 @@ def shadow_on(shim: Shim, *endpoints: str) -> None:
         shim.cli("flags", "set", endpoint, "rust", "--shadow")
 
 
-def parity(shim: Shim, endpoint: str, *, samples: int, timeout: float = 10) -> dict[str, Any]:
-    """The endpoint's verdict once `samples` comparisons are in (shadows run in background)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        verdict = httpx.get(f"{shim.admin_url}/_shim/parity").json()["endpoints"][endpoint]
-        if verdict["samples"] >= samples or time.monotonic() > deadline:
-            return verdict
-        time.sleep(0.1)
-
-
 def test_healthy_backends_pass_embed_parity_and_print_the_seed_row(
     start_shim: Callable[..., Shim],
 ) -> None:
@@ -50,7 +39,7 @@ def test_healthy_backends_pass_embed_parity_and_print_the_seed_row(
         face = "/ai/embed" if i % 2 else "/_go/v1/embed"
         response = httpx.post(shim.url + face, json={"texts": [f"operator {i}", "forklift"]})
         assert response.status_code == 200 and response.headers["x-shim-backend"] == "rust"
-    verdict = parity(shim, "embed", samples=24)
+    verdict = wait_for_parity(shim, "embed", samples=24)
     assert verdict["verdict"] == "PASS", verdict
     assert verdict["samples"] == 24 and verdict["metrics"]["min_cosine"] >= 0.99999
     table = shim.cli("parity", "--markdown").stdout
@@ -83,11 +72,11 @@ def test_a_drifting_go_backend_fails_naming_min_cosine_missed_id_and_drift(
     top_id = httpx.post(
         f"{backends['rust']}/vectors/search", json={"index": "workers", "vector": vector, "k": 5}
     ).json()["results"][0]["id"]
-    embed = parity(shim, "embed", samples=20)
+    embed = wait_for_parity(shim, "embed", samples=20)
     assert embed["verdict"] == "FAIL"
     assert embed["metrics"]["min_cosine"] == pytest.approx(0.95, abs=0.005)
     assert embed["drift"]["go"] == {"$.took_ms": 20}
-    search = parity(shim, "vectors_search", samples=20)
+    search = wait_for_parity(shim, "vectors_search", samples=20)
     assert search["verdict"] == "FAIL"
     assert search["metrics"]["min_recall"] == pytest.approx(0.8)
     assert search["worst"][0]["missed_ids"] == [top_id]
@@ -124,7 +113,7 @@ def test_a_slow_shadow_backend_never_slows_the_client(
     shadow_on(shim, "embed")
     with_shadow = median_latency(shim)
     assert with_shadow <= without * 1.10 + 0.005, (without, with_shadow)
-    assert parity(shim, "embed", samples=25)["samples"] >= 25  # the shadows did run
+    assert wait_for_parity(shim, "embed", samples=25)["samples"] >= 25  # the shadows did run
 
 
 def test_shadow_saturation_skips_and_counts_and_hurts_no_primary(
