@@ -110,7 +110,10 @@ Try, from another terminal in this directory (the README's demo tour has more):
 
   curl -si {shim}/ai/embed -d '{{"texts": ["forklift operator"]}}' | head -n 8
   curl -s {shim}/_go/v1/embed -d '{{"texts": ["forklift operator"]}}' | head -c 120; echo
-  .venv/bin/shim flags set embed go --reason "demo cutover"
+  .venv/bin/shim flags set embed rust --shadow     # mirror to Go and compare first
+  for i in $(seq 20); do curl -s -o /dev/null {shim}/ai/embed -d '{{"texts": ["t'$i'"]}}'; done
+  .venv/bin/shim parity --endpoint embed            # PASS opens the parity gate
+  .venv/bin/shim flags set embed go --shadow --reason "demo cutover"
   curl -si {shim}/ai/embed -d '{{"texts": ["forklift operator"]}}' | grep -i x-shim-backend
   .venv/bin/shim rollback embed --reason "demo rollback"
   .venv/bin/shim flags
