@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from shim.reference.embedding import unit_embedding
-from tests.flipping import serve_all
+from tests.flipping import ROUTES, serve_all
 from tests.servers import Shim, rss_kib
 
 PATHS = {
@@ -245,16 +245,7 @@ def test_backend_error_status_is_passed_on_untranslated(shim_on_echo_go: Shim) -
 
 def test_check_explain_lists_every_endpoint_and_its_losses(start_shim: Callable[..., Shim]) -> None:
     output = start_shim().cli("check", "--explain").stdout
-    for endpoint in (
-        "embed",
-        "vectors_search",
-        "retrieve",
-        "sql",
-        "storage",
-        "chat",
-        "matrix_search",
-        "playbooks_record",
-    ):
+    for endpoint in ROUTES.routes:  # the table the command explains
         assert f"\n{endpoint}  (" in output
     assert "X-Shim-Lossy: magnitude" in output and "X-Shim-Lossy: column-types" in output
     assert output.count("never sent to rust") == 2
