@@ -260,6 +260,7 @@ def run_serve(args: argparse.Namespace) -> int:
         workers=settings.workers,
         access_log=False,
         server_header=False,
+        proxy_headers=False,  # X-Forwarded-* are the proxy's own business (shim/headers.py)
         log_level=settings.log_level,
         timeout_keep_alive=5,
         timeout_graceful_shutdown=10,

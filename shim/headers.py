@@ -7,7 +7,7 @@ upstream client frames the body it actually sends. Repeated headers stay repeate
 
 from __future__ import annotations
 
-import uuid
+import os
 from dataclasses import dataclass
 
 HOP_BY_HOP = frozenset(
@@ -42,6 +42,7 @@ class ClientRequest:
     request_id: str
     content_length: int | None
     caller_key: str | None = None
+    forwarded_client: str | None = None  # the right-most X-Forwarded-For entry, as received
 
 
 def connection_tokens(headers: RawHeaders) -> frozenset[bytes]:
@@ -86,7 +87,8 @@ def client_request(
             via = value
         else:
             forward.append((raw_name.decode("latin-1"), value))
-    request_id = request_id or uuid.uuid4().hex
+    request_id = request_id or new_request_id()
+    forwarded_client = forwarded_for.rpartition(",")[2].strip() or None if forwarded_for else None
     if client_host:
         forwarded_for = f"{forwarded_for}, {client_host}" if forwarded_for else client_host
     if forwarded_for:
@@ -94,7 +96,12 @@ def client_request(
     forward.append(("X-Forwarded-Proto", forwarded_proto or scheme))
     forward.append(("Via", f"{via}, {VIA}" if via else VIA))
     forward.append(("X-Request-ID", request_id))
-    return ClientRequest(forward, request_id, content_length, caller_key)
+    return ClientRequest(forward, request_id, content_length, caller_key, forwarded_client)
+
+
+def new_request_id() -> str:
+    """32 random hex digits, like a uuid4's hex (and five times cheaper to make)."""
+    return os.urandom(16).hex()
 
 
 def for_rewrite(forward: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -183,6 +183,21 @@ def test_hop_by_hop_headers_never_reach_the_backend(
     assert response.getheader("x-request-id") == "req-123"
 
 
+def test_a_forwarded_chain_gains_exactly_one_hop(
+    start_shim: Callable[..., Shim], echo_backend: str
+) -> None:
+    """Behind Bun on this host: the chain it sends is extended by the peer, once."""
+    shim = start_shim(rust_url=echo_backend)
+    response = httpx.post(
+        f"{shim.url}/ai/embed",
+        json={"texts": ["a"]},
+        headers={"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"},
+    )
+    sent = dict(response.json()["headers"])
+    assert sent["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
+    assert sent["x-forwarded-proto"] == "https"
+
+
 def test_hop_by_hop_headers_never_reach_the_client_and_repeats_are_kept(
     start_shim: Callable[..., Shim], echo_backend: str
 ) -> None:

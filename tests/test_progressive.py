@@ -16,6 +16,8 @@ from shim.canary import bucket
 from shim.fallback import RetryBudget
 from shim.flags import FlagStore, FlagView
 from shim.guard import Guard
+from shim.headers import client_request
+from shim.proxy import caller_of
 from tests.flipping import ROUTES, wait_for_generation, wait_for_parity
 from tests.servers import Shim, free_port, own_backend, reference
 
@@ -54,6 +56,26 @@ def test_canary_share_is_sticky_across_workers_and_only_grows_towards_go(
     assert moved_back == []  # 10 -> 30 moves callers towards Go only
     again = backends_by_key(shim, KEYS[:300], fresh=True)  # new connections: other workers
     assert all(again[k] == at_30[k] for k in again)
+
+
+def test_without_a_key_the_canary_follows_the_client_a_local_proxy_names() -> None:
+    """Behind Bun every request comes from 127.0.0.1: the caller is the one it forwards for,
+    and only a loopback peer is believed."""
+    forwarded = client_request(
+        [(b"x-forwarded-for", b"198.51.100.1, 203.0.113.7")],
+        client_host="127.0.0.1",
+        scheme="http",
+        caller_header=b"x-shim-key",
+    )
+    assert caller_of(forwarded, "127.0.0.1") == "203.0.113.7"
+    assert caller_of(forwarded, "192.0.2.9") == "192.0.2.9"  # a remote peer's claim is ignored
+    keyed = client_request(
+        [(b"x-forwarded-for", b"203.0.113.7"), (b"x-shim-key", b"tenant-4")],
+        client_host="127.0.0.1",
+        scheme="http",
+        caller_header=b"x-shim-key",
+    )
+    assert caller_of(keyed, "127.0.0.1") == "tenant-4"
 
 
 def test_canary_buckets_are_stable_and_monotonic() -> None:
