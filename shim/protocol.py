@@ -7,18 +7,28 @@ keep-alive timer only covers idle time between requests). This protocol gives ea
 the end of the previous response) and `body_timeout` to finish its body, caps the header
 section at `max_header_bytes`, and answers the parser's own refusals (smuggling attempts
 such as Content-Length with Transfer-Encoding) in the shim's JSON error shape.
+
+Deadlines are a time stamp per connection, checked by one sweep per worker every
+`SWEEP_SECONDS`, not a timer per request phase (arming and cancelling three timers a request
+cost more than the sweep). And each connection tells the application when it is lost
+(`DisconnectSignal` in the scope's extensions), so an in-flight upstream exchange is cancelled
+without a watcher task per request.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from shim.settings import Settings, load_settings
+from shim.types import DISCONNECT_EXTENSION, DisconnectSignal
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+SWEEP_SECONDS = 0.25
+_SWEEPING: set[asyncio.AbstractEventLoop] = set()  # loops with a deadline sweep
 
 
 class ShimHttpProtocol(HttpToolsProtocol):
@@ -39,13 +49,20 @@ class ShimHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if not ShimHttpProtocol._configured:  # a spawned worker: settings from its environment
             ShimHttpProtocol.configure(load_settings())
-        self._deadline: asyncio.TimerHandle | None = None
+        self._deadline = 0.0  # loop time; 0 = none
+        self._on_deadline: Callable[[], None] = self._headers_too_slow
         self._header_bytes = 0
+        self._disconnect = DisconnectSignal()
         super().connection_made(transport)
+        if self.loop not in _SWEEPING:
+            _SWEEPING.add(self.loop)
+            self.loop.call_later(SWEEP_SECONDS, _sweep, self.loop, self.connections)
         self._arm(self.header_timeout, self._headers_too_slow)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._disconnect.fire()
         super().connection_lost(exc)
 
     def on_response_complete(self) -> None:
@@ -55,6 +72,7 @@ class ShimHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.scope["extensions"] = {DISCONNECT_EXTENSION: self._disconnect}
         self._header_bytes = 0
         self._arm(self.header_timeout, self._headers_too_slow)
 
@@ -94,7 +112,6 @@ class ShimHttpProtocol(HttpToolsProtocol):
             )
 
     def _headers_too_slow(self) -> None:
-        self._deadline = None
         if self.transport.is_closing():
             return
         if self.cycle is not None and not self.cycle.response_complete:
@@ -106,7 +123,6 @@ class ShimHttpProtocol(HttpToolsProtocol):
         )
 
     def _body_too_slow(self) -> None:
-        self._deadline = None
         if self.transport.is_closing() or self.cycle is None or not self.cycle.more_body:
             return
         # The application already holds this request; closing tells it the client is gone.
@@ -124,11 +140,26 @@ class ShimHttpProtocol(HttpToolsProtocol):
         self.transport.write(head + body)
         self.transport.close()
 
-    def _arm(self, seconds: float, callback: object) -> None:
-        self._disarm()
-        self._deadline = self.loop.call_later(seconds, callback)  # type: ignore[arg-type]
+    def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
+        self._deadline = self.loop.time() + seconds
+        self._on_deadline = callback
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._deadline = 0.0
+
+    def _check_deadline(self, now: float) -> None:
+        if self._deadline and now >= self._deadline:
+            self._deadline = 0.0
+            self._on_deadline()
+
+
+def _sweep(loop: asyncio.AbstractEventLoop, connections: set[object]) -> None:
+    """Fire the deadlines that have passed, for every connection of this worker."""
+    now = loop.time()
+    for connection in list(connections):
+        if isinstance(connection, ShimHttpProtocol):
+            try:
+                connection._check_deadline(now)
+            except Exception:  # one broken connection must not stop the sweep
+                connection.logger.exception("deadline check failed")
+    loop.call_later(SWEEP_SECONDS, _sweep, loop, connections)

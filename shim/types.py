@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Literal
 
@@ -13,3 +14,22 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# The server puts a DisconnectSignal in scope["extensions"] under this key (shim/protocol.py).
+DISCONNECT_EXTENSION = "shim.disconnect"
+
+
+class DisconnectSignal:
+    """One per connection: the tasks to cancel if the client goes away mid-request."""
+
+    __slots__ = ("lost", "tasks")
+
+    def __init__(self) -> None:
+        self.lost = False
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def fire(self) -> None:
+        self.lost = True
+        for task in self.tasks:
+            task.cancel()
+        self.tasks.clear()
