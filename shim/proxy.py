@@ -12,7 +12,6 @@ import asyncio
 import logging
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +43,7 @@ from shim.guard import Guard
 from shim.routes import RouteMatch, RouteTable
 from shim.settings import Settings
 from shim.shadow import Capture, Shadower
-from shim.types import Backend, Receive, Scope, Send
+from shim.types import DISCONNECT_EXTENSION, Backend, Receive, Scope, Send
 from shim.upstream import Upstream, decode_body, translate_errors
 
 access_log = logging.getLogger("shim.access")
@@ -154,7 +153,7 @@ class Proxy:
             caller_header=self.caller_header,
         )
         ex.request_id = request.request_id
-        backend = self._choose(route.name, request.caller_key or client_host or "")
+        backend = self._choose(route.name, caller_of(request, client_host))
         ex.backend = backend
         if route.needs_rewrite(match.client, backend):
             body: Body = await read_body(
@@ -180,17 +179,38 @@ class Proxy:
         self.budget.earn()
         if isinstance(body, bytes | None):
             # The body is in: from now on receive() only says whether the client is still there.
-            await self._while_connected(receive, self._exchange(call, backend))
+            await self._while_connected(scope, receive, self._exchange(call, backend))
         else:
             await self._exchange(call, backend)  # a streamed upload notices a disconnect itself
         if capture is not None and call.capture is not None:
             self.shadower.submit(capture)  # after the client has its whole answer
 
-    async def _while_connected(self, receive: Receive, exchange: Awaitable[None]) -> None:
+    async def _while_connected(
+        self, scope: Scope, receive: Receive, exchange: Awaitable[None]
+    ) -> None:
         """Run the exchange, cancelling it the moment the client disconnects, so an aborted
-        request releases its upstream connection instead of reading on for nobody."""
+        request releases its upstream connection instead of reading on for nobody.
+
+        Under `shim serve` the connection itself cancels us (a `DisconnectSignal` in the
+        scope); elsewhere (tests, other servers) a watcher task waits for `http.disconnect`.
+        """
         task = asyncio.current_task()
         assert task is not None
+        signal = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
+        if signal is not None:
+            if signal.lost:
+                exchange.close()  # type: ignore[attr-defined]
+                raise ClientDisconnected
+            signal.tasks.add(task)
+            try:
+                await exchange
+            except asyncio.CancelledError:
+                if signal.lost and task.uncancel() == 0:
+                    raise ClientDisconnected from None
+                raise
+            finally:
+                signal.tasks.discard(task)
+            return
 
         async def watch() -> None:
             while (await receive())["type"] != "http.disconnect":
@@ -303,7 +323,7 @@ class Proxy:
         if not isinstance(body, bytes | None) and call.request.content_length is not None:
             # The body is passed on unchanged, so the client's length still frames it.
             forward = [*forward, ("Content-Length", str(call.request.content_length))]
-        async with translate_errors(backend, str(url)):
+        with translate_errors(backend, url):
             response = await self.upstream.request(
                 backend, call.match.route, ex.method, url, headers=forward, data=body
             )
@@ -316,6 +336,14 @@ class Proxy:
             )
             ex.status = response.status
             ex.response_started = True
+            if capture is not None:
+                capture.primary_status = response.status
+                capture.primary_encoding = response.headers.get("Content-Encoding", "identity")
+            content = response.content
+            whole = None
+            if content.is_eof():  # a small answer is usually whole by now: one message
+                with translate_errors(backend, url):
+                    whole = content.read_nowait()
             await call.send(
                 {
                     "type": "http.response.start",
@@ -323,11 +351,14 @@ class Proxy:
                     "headers": response_headers,
                 }
             )
-            if capture is not None:
-                capture.primary_status = response.status
-                capture.primary_encoding = response.headers.get("Content-Encoding", "identity")
-            async with translate_errors(backend, str(url)):
-                async for chunk in response.content.iter_any():
+            if whole is not None:
+                ex.bytes_out = len(whole)
+                if capture is not None:
+                    capture.keep_answer(whole)
+                await call.send({"type": "http.response.body", "body": whole})
+                return
+            with translate_errors(backend, url):
+                async for chunk in content.iter_any():
                     ex.bytes_out += len(chunk)
                     if capture is not None:
                         capture.keep_answer(chunk)
@@ -359,15 +390,13 @@ class Proxy:
         payload = orjson.dumps(translated, option=JSON_OPTIONS)
         url = self._url(match, backend, call.scope)
         forward = header_policy.for_rewrite(call.request.forward)
-        async with (
-            translate_errors(backend, str(url)),
-            self.upstream.request(
+        with translate_errors(backend, url):
+            async with self.upstream.request(
                 backend, route, ex.method, url, headers=forward, data=payload
-            ) as response,
-        ):
-            answer = await read_backend_body(response, limit=self.max_backend_json_bytes)
-            raw_headers = response.raw_headers
-            status = response.status
+            ) as response:
+                answer = await read_backend_body(response, limit=self.max_backend_json_bytes)
+                raw_headers = response.raw_headers
+                status = response.status
         if status in RETRY_STATUSES and self._may_fall_back(call):
             raise FallbackStatus(status)
         if capture is not None:
@@ -544,6 +573,19 @@ def huge_integer(raw: bytes) -> str | None:
     return None
 
 
+LOOPBACK = frozenset({"127.0.0.1", "::1"})
+
+
+def caller_of(request: header_policy.ClientRequest, client_host: str | None) -> str:
+    """Who is asking, for the sticky canary: the X-Shim-Key header, else the client address
+    (behind a proxy on this host, such as Bun, the one it names in X-Forwarded-For)."""
+    if request.caller_key:
+        return request.caller_key
+    if client_host in LOOPBACK and request.forwarded_client:
+        return request.forwarded_client
+    return client_host or ""
+
+
 def _adapter_message(what: str, exc: AdapterError) -> str:
     where = f" (at {exc.field})" if exc.field and exc.field not in exc.message else ""
     return f"{what} has the wrong shape: {exc.message}{where}"
@@ -563,7 +605,7 @@ def _raw_header(headers: header_policy.RawHeaders, name: bytes) -> bytes | None:
 
 async def send_error(send: Send, exc: ShimError, ex: Exchange) -> None:
     """Answer with the shim's JSON error shape."""
-    ex.request_id = ex.request_id or uuid.uuid4().hex
+    ex.request_id = ex.request_id or header_policy.new_request_id()
     body = orjson.dumps(exc.to_dict())
     headers = [
         (b"content-type", b"application/json"),

@@ -192,20 +192,20 @@ class Shadower:
         headers: list[tuple[str, str]],
         payload: bytes | None,
     ) -> tuple[int, bytes]:
-        async with (
-            translate_errors(backend, str(url)),
-            self.upstream.request(
+        with translate_errors(backend, url):
+            async with self.upstream.request(
                 backend, route, method, url, headers=headers, data=payload
-            ) as response,
-        ):
-            chunks, size = [], 0
-            async for chunk in response.content.iter_any():
-                size += len(chunk)
-                if size > self.limit:
-                    raise BackendError(f"the {backend} shadow answer is over {self.limit} bytes")
-                chunks.append(chunk)
-            encoding = response.headers.get("Content-Encoding", "identity")
-            return response.status, decoded(b"".join(chunks), encoding)
+            ) as response:
+                chunks, size = [], 0
+                async for chunk in response.content.iter_any():
+                    size += len(chunk)
+                    if size > self.limit:
+                        raise BackendError(
+                            f"the {backend} shadow answer is over {self.limit} bytes"
+                        )
+                    chunks.append(chunk)
+                encoding = response.headers.get("Content-Encoding", "identity")
+                return response.status, decoded(b"".join(chunks), encoding)
 
 
 class UnShadowable(Exception):

@@ -7,7 +7,6 @@ with aiohttp, ~207 µs with httpx over an aiohttp transport and ~1,170 µs with 
 
 from __future__ import annotations
 
-import contextlib
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -81,11 +80,9 @@ class Upstream:
         url = self.base_urls[backend] + path
         started = time.perf_counter()
         try:
-            async with (
-                translate_errors(backend, url),
-                self._sessions[backend].get(url, timeout=_PROBE_TIMEOUT) as response,
-            ):
-                await response.read()
+            with translate_errors(backend, url):
+                async with self._sessions[backend].get(url, timeout=_PROBE_TIMEOUT) as response:
+                    await response.read()
         except BackendError as exc:
             return {"reachable": False, "url": url, "error": exc.message}
         elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
@@ -105,33 +102,49 @@ class Upstream:
         return timeout
 
 
-@contextlib.asynccontextmanager
-async def translate_errors(backend: Backend, url: str) -> AsyncIterator[None]:
-    """Turn aiohttp and timeout errors into the shim's BackendError tree, once, here."""
-    try:
-        yield
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        raise BackendTimeout(
+class translate_errors:  # used like a function: `with translate_errors(backend, url):`
+    """Turn aiohttp and timeout errors into the shim's BackendError tree, once, here.
+
+    A plain class, not a generator-based context manager: it wraps every upstream exchange,
+    and the URL is only turned into text when there is an error to describe.
+    """
+
+    __slots__ = ("backend", "url")
+
+    def __init__(self, backend: Backend, url: object) -> None:
+        self.backend = backend
+        self.url = url
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _: object
+    ) -> None:
+        if exc is not None and isinstance(exc, TimeoutError | aiohttp.ClientError):
+            raise _backend_error(self.backend, str(self.url), exc) from exc
+
+
+def _backend_error(backend: Backend, url: str, exc: BaseException) -> BackendError:
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return BackendTimeout(
             f"the {backend} backend did not answer in time ({url}); check its health, or "
             "raise the route's read_timeout if the work is legitimately slow"
-        ) from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise BackendUnreachable(
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return BackendUnreachable(
             f"cannot connect to the {backend} backend at {url}: {exc.os_error.strerror or exc}; "
             f"is it running? (SHIM_{backend.upper()}_URL)"
-        ) from exc
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-        raise BackendUnreachable(
-            f"the {backend} backend dropped the connection ({url}): {exc}"
-        ) from exc
-    except aiohttp.ClientPayloadError as exc:
-        raise BadBackendAnswer(f"the {backend} backend sent a broken body ({url}): {exc}") from exc
-    except aiohttp.ClientResponseError as exc:
-        raise BadBackendAnswer(
+        )
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+        return BackendUnreachable(f"the {backend} backend dropped the connection ({url}): {exc}")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return BadBackendAnswer(f"the {backend} backend sent a broken body ({url}): {exc}")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return BadBackendAnswer(
             f"the {backend} backend sent an invalid HTTP answer ({url}): {exc.message}"
-        ) from exc
-    except aiohttp.ClientError as exc:
-        raise BackendError(f"request to the {backend} backend failed ({url}): {exc}") from exc
+        )
+    return BackendError(f"request to the {backend} backend failed ({url}): {exc}")
 
 
 def decode_body(body: bytes, encoding: str | None) -> bytes:
