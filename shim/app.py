@@ -115,6 +115,14 @@ class ShimApp:
             )
         )
 
+    async def _flush_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(metrics.FLUSH_SECONDS)
+            try:
+                metrics.flush()
+            except Exception:
+                log.exception("cannot publish request metrics; retrying in a second")
+
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(HEARTBEAT_SECONDS)
@@ -133,6 +141,7 @@ class ShimApp:
         tasks = [
             asyncio.create_task(self.flags.watch(), name="flag-watcher"),
             asyncio.create_task(self._heartbeat(), name="worker-heartbeat"),
+            asyncio.create_task(self._flush_metrics(), name="metrics-flush"),
             asyncio.create_task(self.guard.run(self.settings.guard_interval_seconds), name="guard"),
         ]
         # Everything alive now (modules, settings, routes, pools) lives as long as the worker:
@@ -157,6 +166,7 @@ class ShimApp:
             await self.shadower.close()
             await self.upstream.close()
             self.workers.remove(self.pid)
+            metrics.flush()
             metrics.worker_exited(self.pid)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:

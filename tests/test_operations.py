@@ -6,13 +6,16 @@ import json
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from shim.metrics import LATENCY_BUCKETS, RequestTally, add_to_histogram
 from tests.servers import ROOT, SHIM, Shim, free_port
 
 TOKEN = "test-token-0123456789"
@@ -208,6 +211,11 @@ def test_metrics_count_every_request_exactly_across_two_workers(
         for i in range(60):
             face = "/ai/embed" if i % 2 else "/v1/embed"
             assert client.post(shim.url + face, json={"texts": [f"t{i}"]}).status_code == 200
+    # Each worker publishes its tally once a second: all 60 within two, and never more.
+    deadline = time.monotonic() + 3
+    while embed_requests(values := scrape(shim)) - before < 60 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.2)
     values = scrape(shim)
     assert embed_requests(values) - before == 60
     assert values['shim_flag_serving{"backend": "rust", "endpoint": "embed"}'] == 1
@@ -308,3 +316,28 @@ def test_systemd_units_and_drop_ins_verify(tmp_path: Path) -> None:
         frontend / "lakehouse-agent.service.d",
     )
     verify(frontend / "lakehouse-agent.service")
+
+
+def test_tallied_latencies_publish_exactly_what_observe_would() -> None:
+    """The bulk path uses prometheus_client internals: this fails if they change."""
+    seconds = [0.0, 0.0004, 0.001, 0.0011, 0.0025, 0.3, 2.5, 29.0, 31.0, 120.0] * 3
+    tally = RequestTally()
+    for value in seconds:
+        tally.observe("embed", "rust", "go", 200, value)
+    cell = tally.latency[("embed", "go")]
+    direct, bulk = CollectorRegistry(), CollectorRegistry()
+    one = Histogram("t_seconds", "t", ["endpoint"], buckets=LATENCY_BUCKETS, registry=direct)
+    two = Histogram("t_seconds", "t", ["endpoint"], buckets=LATENCY_BUCKETS, registry=bulk)
+    for value in seconds:
+        one.labels("embed").observe(value)
+    add_to_histogram(two.labels("embed"), cell[:-1], cell[-1])
+
+    def samples(registry: CollectorRegistry) -> list[str]:
+        return [
+            line
+            for line in generate_latest(registry).decode().splitlines()
+            if not line.startswith("t_seconds_created")
+        ]
+
+    assert samples(bulk) == samples(direct)
+    assert tally.counts == {("embed", "rust", "go", "2xx"): len(seconds)}
