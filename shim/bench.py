@@ -1,11 +1,13 @@
-"""`shim bench`: the shim against Python's floor, the common recipe and direct, in one run.
+"""`shim bench`: the shim against direct, nginx, Python's floor and the common recipe, in one run.
 
-Starts a stub backend and the reference backends, the shim, and the comparison proxies
-(a raw-ASGI + aiohttp pass-through as "Python's floor", Starlette + plain httpx as "the
-common recipe", nginx when installed), then drives each with wrk when installed (else a
-built-in aiohttp load generator), alternating A B A B, and prints RPS, p50, p99, the
-proxy's CPU per request, and ratios measured in the same run. Needs the repository's
-`benchmarks/` folder (the comparison proxies live there, not in the package).
+Starts a stub backend (nginx when installed, else a tiny uvicorn app), the reference
+backends, the shim, and the comparison proxies -- nginx as a reverse proxy when installed,
+a raw-ASGI + aiohttp pass-through that forwards headers and body as "Python's floor"
+(`benchmarks/floor_proxy.py`), and Starlette + plain httpx as "the common recipe" -- then
+drives each with wrk when installed (else a built-in aiohttp load generator), every target
+once per round, A B A B, and prints RPS, latency percentiles, the proxy's CPU per request
+and the ratios the targets are judged by. Everything is measured in the same run on the
+same machine; only ratios are compared. Needs the repository's `benchmarks/` folder.
 """
 
 from __future__ import annotations
@@ -20,19 +22,40 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zlib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shim.errors import ConfigError
 from shim.settings import PROJECT_ROOT
 
 BENCHMARKS = PROJECT_ROOT / "benchmarks"
+SCENARIOS = ("small", "embed", "storage", "shadow")
+PERCENTILES = (50, 75, 90, 99)
 EMBED_8 = json.dumps(
     {"texts": [f"forklift operator {i}" for i in range(8)], "model": "nomic-embed-text"}
 )
 SMALL = json.dumps({"sql": "select 1"})
+STUB_BODY = '{"ok":true,"items":[1,2,3]}'
+STORAGE_BYTES = 64 * 1024 * 1024
+STORAGE_CONNECTIONS = 4
+FLOOR = "floor (raw ASGI + aiohttp)"
+RECIPE = "starlette + httpx"
+
+
+@dataclass
+class Target:
+    """One thing to load: a URL, what to send, and whose CPU and memory to watch."""
+
+    name: str
+    url: str
+    body: str | None = None  # None: GET
+    pids: list[int] = field(default_factory=list)
+    connections: int | None = None  # None: the run's --connections
+    rate: float | None = None  # requests per second (paced), None: as fast as it goes
 
 
 @dataclass
@@ -40,10 +63,19 @@ class Result:
     scenario: str
     target: str
     rps: float
-    p50_ms: float
-    p99_ms: float
+    latency_ms: dict[str, float]  # percentile -> milliseconds
     cpu_us_per_request: float | None
     errors: int
+    mib_per_s: float
+    rss_growth_mib: float | None = None
+
+    @property
+    def p50_ms(self) -> float:
+        return self.latency_ms["50"]
+
+    @property
+    def p99_ms(self) -> float:
+        return self.latency_ms["99"]
 
 
 def free_port() -> int:
@@ -63,11 +95,29 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def rss_mib(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        found = re.search(r"VmRSS:\s+(\d+) kB", status)
+        total += int(found.group(1)) if found else 0
+    return total / 1024
+
+
 def tree(pid: int) -> list[int]:
     """A process and its children (uvicorn workers)."""
     children = Path(f"/proc/{pid}/task/{pid}/children")
     kids = [int(p) for p in children.read_text().split()] if children.exists() else []
     return [pid, *(p for kid in kids for p in tree(kid))]
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+    )
 
 
 class Stack:
@@ -104,10 +154,40 @@ class Stack:
             "--http",
             "httptools",
             "--no-access-log",
+            "--no-server-header",
             "--log-level",
             "warning",
         ]
         return self.start(command, env=env, ready=f"127.0.0.1:{port}")
+
+    def nginx(self, stub_port: int, proxy_port: int | None) -> subprocess.Popen[bytes]:
+        """nginx as the stub backend (a fixed answer), and as a reverse proxy in front of it."""
+        proxy = (
+            f"server {{ listen 127.0.0.1:{proxy_port}; location / {{ proxy_pass http://stub; "
+            'proxy_http_version 1.1; proxy_set_header Connection ""; } }'
+            if proxy_port
+            else ""
+        )
+        temp = self.tmp / "nginx"
+        temp.mkdir(exist_ok=True)
+        config = temp / "nginx.conf"
+        config.write_text(
+            f"worker_processes 1; daemon off; pid {temp}/nginx.pid; error_log {temp}/error.log;\n"
+            "events { worker_connections 4096; }\n"
+            "http {\n access_log off;\n"
+            f" client_body_temp_path {temp}/body; proxy_temp_path {temp}/proxy;\n"
+            f" fastcgi_temp_path {temp}/fcgi; uwsgi_temp_path {temp}/uwsgi;\n"
+            f" scgi_temp_path {temp}/scgi;\n"
+            f" upstream stub {{ server 127.0.0.1:{stub_port}; keepalive 64; }}\n"
+            f" server {{ listen 127.0.0.1:{stub_port}; location / {{ "
+            f"default_type application/json; return 200 '{STUB_BODY}'; }} }}\n"
+            f" {proxy}\n}}\n"
+        )
+        binary = nginx_binary()
+        assert binary is not None
+        return self.start(
+            [binary, "-c", str(config), "-p", str(temp)], ready=f"127.0.0.1:{stub_port}"
+        )
 
     def stop(self) -> None:
         for process in self.processes:
@@ -134,65 +214,95 @@ def wait_ready(address: str, process: subprocess.Popen[bytes]) -> None:
     raise ConfigError(f"{address} never opened", key="bench")
 
 
-def run_wrk(url: str, body: str, seconds: float, connections: int, lua_dir: Path) -> dict:
-    script = lua_dir / f"post-{zlib.crc32(body.encode())}.lua"
-    script.write_text(
-        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-        f"wrk.body = {json.dumps(body)}\n"
-    )
-    command = [
-        "wrk",
-        "-t1",
-        f"-c{connections}",
-        f"-d{max(1, round(seconds))}s",
-        "--latency",
-        "-s",
-        str(script),
-        url,
-    ]
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+# --- load generators: each returns requests, rps, latency percentiles (ms), errors, bytes
 
-    def percentile(label: str) -> float:
-        found = re.search(rf"\s{label}%\s+([\d.]+)(us|ms|s)", out)
-        assert found is not None, out
-        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)]
-        return float(found.group(1)) * scale
 
+def run_wrk(target: Target, seconds: float, connections: int, scratch: Path) -> dict:
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
+    if target.body is not None:
+        script = scratch / f"post-{zlib.crc32(target.body.encode())}.lua"
+        script.write_text(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = {json.dumps(target.body)}\n"
+        )
+        command += ["-s", str(script)]
+    out = subprocess.run([*command, target.url], capture_output=True, text=True, check=True).stdout
+
+    def number(pattern: str) -> re.Match[str]:
+        found = re.search(pattern, out)
+        if found is None:
+            raise ConfigError(f"cannot read wrk's output:\n{out}", key="bench")
+        return found
+
+    def milliseconds(percentile: int) -> float:
+        found = number(rf"\s{percentile}%\s+([\d.]+)(us|ms|s)")
+        return float(found.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)]
+
+    transfer = number(r"Transfer/sec:\s+([\d.]+)(B|KB|MB|GB)")
+    scale = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}[transfer.group(2)]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
     return {
-        "requests": requests,
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "p50": percentile("50"),
-        "p99": percentile("99"),
-        "errors": int(errors.group(1)) if errors else 0,
+        "requests": int(number(r"(\d+) requests in").group(1)),
+        "rps": float(number(r"Requests/sec:\s+([\d.]+)").group(1)),
+        "latency": {str(p): milliseconds(p) for p in PERCENTILES},
+        "errors": (int(errors.group(1)) if errors else 0)
+        + (sum(int(n) for n in socket_errors.groups()) if socket_errors else 0),
+        "bytes_per_s": float(transfer.group(1)) * scale,
     }
 
 
-def run_builtin(url: str, body: str, seconds: float, connections: int, _: Path) -> dict:
-    """An aiohttp load generator, for machines without wrk (less precise, same shape)."""
+def run_builtin(target: Target, seconds: float, connections: int, _: Path) -> dict:
+    """An aiohttp load generator: closed loop (each connection sends when answered), or paced
+    at `target.rate` with latency counted from each request's scheduled time."""
     import aiohttp
 
     async def drive() -> dict:
         latencies: list[float] = []
-        errors = 0
-        deadline = time.perf_counter() + seconds
-        payload = body.encode()
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as s:
+        errors = received = 0
+        payload = target.body.encode() if target.body is not None else None
+        method = "GET" if payload is None else "POST"
+        headers = {"content-type": "application/json"} if payload is not None else {}
+        connector = aiohttp.TCPConnector(limit=connections)
+        async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
 
-            async def one() -> None:
-                nonlocal errors
-                while time.perf_counter() < deadline:
-                    started = time.perf_counter()
-                    async with s.post(
-                        url, data=payload, headers={"content-type": "application/json"}
-                    ) as r:
-                        await r.read()
-                        errors += r.status >= 400
-                    latencies.append(time.perf_counter() - started)
+            async def one(scheduled: float) -> None:
+                nonlocal errors, received
+                try:
+                    async with session.request(
+                        method, target.url, data=payload, headers=headers
+                    ) as response:
+                        async for chunk in response.content.iter_any():
+                            received += len(chunk)
+                        errors += response.status >= 400
+                except aiohttp.ClientError:
+                    errors += 1
+                latencies.append(time.perf_counter() - scheduled)
 
             began = time.perf_counter()
-            await asyncio.gather(*(one() for _ in range(connections)))
+            deadline = began + seconds
+            if target.rate is None:
+
+                async def loop() -> None:
+                    while time.perf_counter() < deadline:
+                        await one(time.perf_counter())
+
+                await asyncio.gather(*(loop() for _ in range(connections)))
+            else:
+                pending: set[asyncio.Task[None]] = set()
+                sent = 0
+                while (now := time.perf_counter()) < deadline:
+                    scheduled = began + sent / target.rate
+                    if scheduled > now:
+                        await asyncio.sleep(scheduled - now)
+                        continue
+                    task = asyncio.create_task(one(scheduled))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                    sent += 1
+                await asyncio.gather(*pending)
             elapsed = time.perf_counter() - began
         latencies.sort()
 
@@ -202,151 +312,268 @@ def run_builtin(url: str, body: str, seconds: float, connections: int, _: Path) 
         return {
             "requests": len(latencies),
             "rps": len(latencies) / elapsed,
-            "p50": pick(0.5),
-            "p99": pick(0.99),
+            "latency": {str(p): pick(p / 100) for p in PERCENTILES},
             "errors": errors,
+            "bytes_per_s": received / elapsed,
         }
 
     return asyncio.run(drive())
 
 
+Loader = Callable[[Target, float, int, Path], dict]
+
+
+class RssWatch:
+    """The highest resident memory of some processes while a measurement runs."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.peak = rss_mib(pids)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, rss_mib(self.pids))
+
+    def __enter__(self) -> RssWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def measure(
     scenario: str,
-    target: str,
-    url: str,
-    body: str,
-    pids: list[int],
+    target: Target,
     *,
     seconds: float,
     connections: int,
-    loader,
-    lua_dir: Path,
+    loader: Loader,
+    scratch: Path,
+    baseline_rss: dict[str, float],
 ) -> Result:
-    loader(url, body, min(1.0, seconds / 2), connections, lua_dir)  # warm-up
-    before = cpu_seconds(pids)
-    run = loader(url, body, seconds, connections, lua_dir)
-    used = cpu_seconds(pids) - before
-    cpu = used / run["requests"] * 1e6 if pids and run["requests"] else None
+    connections = target.connections or connections
+    if target.rate is not None:
+        loader = run_builtin  # wrk cannot pace; the built-in generator can
+    loader(target, min(1.0, seconds / 2), connections, scratch)  # warm-up
+    before = cpu_seconds(target.pids)
+    with RssWatch(target.pids) as memory:
+        run = loader(target, seconds, connections, scratch)
+    used = cpu_seconds(target.pids) - before
+    cpu = used / run["requests"] * 1e6 if target.pids and run["requests"] else None
+    growth = None
+    if target.pids:
+        # Against the process's memory before its first measurement, not just this one.
+        start = baseline_rss.setdefault(f"{scenario}/{target.name}", memory.peak)
+        growth = round(max(memory.peak - start, 0.0), 1)
     return Result(
         scenario,
-        target,
+        target.name,
         round(run["rps"], 1),
-        round(run["p50"], 3),
-        round(run["p99"], 3),
+        {k: round(v, 3) for k, v in run["latency"].items()},
         round(cpu, 1) if cpu is not None else None,
         run["errors"],
+        round(run["bytes_per_s"] / 1024**2, 1),
+        growth,
     )
+
+
+class Bench:
+    """Starts what the chosen scenarios need and knows their targets."""
+
+    def __init__(self, stack: Stack, connections: int, shadow_rate: float) -> None:
+        self.stack = stack
+        self.connections = connections
+        self.shadow_rate = shadow_rate
+        self.python = [sys.executable, "-m", "shim"]
+        self._reference: dict[str, str] = {}
+
+    def reference(self, backend: str) -> str:
+        if backend not in self._reference:
+            port = free_port()
+            self.stack.start(
+                [
+                    *self.python,
+                    "reference",
+                    backend,
+                    "--port",
+                    str(port),
+                    "--storage-dir",
+                    str(self.stack.tmp / f"storage-{backend}"),
+                ],
+                ready=f"127.0.0.1:{port}",
+            )
+            self._reference[backend] = f"http://127.0.0.1:{port}"
+        return self._reference[backend]
+
+    def shim(self, rust: str, go: str, workers: int = 1) -> tuple[str, str, list[int]]:
+        """A `shim serve`: its proxy URL, state directory and process ids (workers too)."""
+        port, admin = free_port(), free_port()
+        state = self.stack.tmp / f"state-{port}"
+        process = self.stack.start(
+            [
+                *self.python,
+                "serve",
+                "--port",
+                str(port),
+                "--admin-port",
+                str(admin),
+                "--workers",
+                str(workers),
+            ],
+            env={
+                "SHIM_RUST_URL": rust,
+                "SHIM_GO_URL": go,
+                "SHIM_ACCESS_LOG": "false",
+                "SHIM_STATE_DIR": str(state),
+                "SHIM_PARITY_GATE": "false",
+            },
+            ready=f"127.0.0.1:{port}",
+        )
+        pids = [process.pid]
+        for _ in range(100):  # wait for every worker to be up
+            pids = tree(process.pid)
+            if workers == 1 or len(pids) > workers:
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)
+        return f"http://127.0.0.1:{port}", str(state), pids
+
+    def small(self) -> list[Target]:
+        stub_port = free_port()
+        nginx = nginx_binary() is not None
+        nginx_port = free_port() if nginx else None
+        if nginx:
+            process = self.stack.nginx(stub_port, nginx_port)
+            nginx_pids = tree(process.pid)
+        else:
+            self.stack.uvicorn("stub_backend", stub_port, {})
+        stub = f"http://127.0.0.1:{stub_port}"
+        floor_port, recipe_port = free_port(), free_port()
+        floor = self.stack.uvicorn("floor_proxy", floor_port, {"UPSTREAM": stub})
+        recipe = self.stack.uvicorn("starlette_httpx_proxy", recipe_port, {"UPSTREAM": stub})
+        shim_url, _, shim_pids = self.shim(stub, stub)
+        two_url, _, two_pids = self.shim(stub, stub, workers=2)
+        targets = [Target("direct", f"{stub}/query", SMALL)]
+        if nginx:
+            targets.append(
+                Target("nginx", f"http://127.0.0.1:{nginx_port}/query", SMALL, nginx_pids)
+            )
+        targets += [
+            Target(FLOOR, f"http://127.0.0.1:{floor_port}/query", SMALL, [floor.pid]),
+            Target("shim", f"{shim_url}/query", SMALL, shim_pids),
+            Target("shim, 2 workers", f"{two_url}/query", SMALL, two_pids),
+            Target(RECIPE, f"http://127.0.0.1:{recipe_port}/query", SMALL, [recipe.pid]),
+        ]
+        return targets
+
+    def embed(self) -> list[Target]:
+        rust = self.reference("rust")
+        shim_url, _, pids = self.shim(rust, self.reference("go"))
+        return [
+            Target("direct", f"{rust}/ai/embed", EMBED_8),
+            Target("shim same-dialect", f"{shim_url}/ai/embed", EMBED_8, pids),
+            Target("shim cross-dialect", f"{shim_url}/v1/embed", EMBED_8, pids),
+        ]
+
+    def storage(self) -> list[Target]:
+        rust = self.reference("rust")
+        shim_url, _, pids = self.shim(rust, self.reference("go"))
+        import httpx
+
+        blob = os.urandom(STORAGE_BYTES)
+        httpx.put(f"{rust}/storage/bench/blob", content=blob, timeout=60).raise_for_status()
+        c = min(STORAGE_CONNECTIONS, self.connections)
+        return [
+            Target("direct", f"{rust}/storage/bench/blob", connections=c),
+            Target("shim", f"{shim_url}/storage/bench/blob", pids=pids, connections=c),
+        ]
+
+    def shadow(self) -> list[Target]:
+        rust, go = self.reference("rust"), self.reference("go")
+        off_url, _, off_pids = self.shim(rust, go)
+        on_url, state, on_pids = self.shim(rust, go)
+        subprocess.run(
+            [*self.python, "flags", "set", "embed", "rust", "--shadow"],
+            env={**os.environ, "SHIM_STATE_DIR": state},
+            capture_output=True,
+            check=True,
+        )
+        time.sleep(0.5)
+        rate = self.shadow_rate
+        return [
+            Target("shadow off", f"{off_url}/ai/embed", EMBED_8, off_pids, rate=rate),
+            Target("shadow on", f"{on_url}/ai/embed", EMBED_8, on_pids, rate=rate),
+        ]
 
 
 def bench(
-    *, seconds: float, connections: int, rounds: int, scenarios: list[str], progress=print
+    *,
+    seconds: float,
+    connections: int,
+    rounds: int,
+    scenarios: list[str],
+    shadow_rate: float = 1000.0,
+    progress: Callable[[str], None] = print,
 ) -> list[Result]:
     """Run the scenarios; every target of a scenario is measured once per round, in turn."""
-    if not (BENCHMARKS / "client_proxy.py").exists():
+    if not (BENCHMARKS / "floor_proxy.py").exists():
         raise ConfigError("shim bench needs the repository's benchmarks/ folder", key="bench")
-    loader = run_wrk if shutil.which("wrk") else run_builtin
+    loader: Loader = run_wrk if shutil.which("wrk") else run_builtin
     progress(
         f"load generator: {'wrk' if loader is run_wrk else 'built-in (install wrk for precision)'}"
+        f"; stub backend: {'nginx' if nginx_binary() else 'uvicorn (install nginx to compare)'}"
     )
     stack = Stack()
-    python = [sys.executable, "-m", "shim"]
     try:
-        stub_port, rust_port, go_port = free_port(), free_port(), free_port()
-        stack.uvicorn("stub_backend", stub_port, {})
-        stack.start(
-            [*python, "reference", "rust", "--port", str(rust_port)], ready=f"127.0.0.1:{rust_port}"
-        )
-        stack.start(
-            [*python, "reference", "go", "--port", str(go_port)], ready=f"127.0.0.1:{go_port}"
-        )
-
-        def shim(rust: str, go: str, **env: str) -> tuple[str, list[int]]:
-            port, admin = free_port(), free_port()
-            process = stack.start(
-                [*python, "serve", "--port", str(port), "--admin-port", str(admin)],
-                env={
-                    "SHIM_RUST_URL": rust,
-                    "SHIM_GO_URL": go,
-                    "SHIM_ACCESS_LOG": "false",
-                    "SHIM_STATE_DIR": str(stack.tmp / f"state-{port}"),
-                    "SHIM_PARITY_GATE": "false",
-                    **env,
-                },
-                ready=f"127.0.0.1:{port}",
-            )
-            time.sleep(0.5)
-            return f"http://127.0.0.1:{port}", tree(process.pid)
-
-        stub = f"http://127.0.0.1:{stub_port}"
-        rust = f"http://127.0.0.1:{rust_port}"
-        go = f"http://127.0.0.1:{go_port}"
-        targets: dict[str, list[tuple[str, str, str, list[int]]]] = {}
-        if "small" in scenarios:
-            floor_port, recipe_port = free_port(), free_port()
-            floor = stack.uvicorn("client_proxy", floor_port, {"UPSTREAM": stub, "KIND": "aiohttp"})
-            recipe = stack.uvicorn("starlette_httpx_proxy", recipe_port, {"UPSTREAM": stub})
-            shim_url, shim_pids = shim(stub, stub)
-            targets["small"] = [
-                ("direct", f"{stub}/query", SMALL, []),
-                (
-                    "floor (raw ASGI + aiohttp)",
-                    f"http://127.0.0.1:{floor_port}/query",
-                    SMALL,
-                    [floor.pid],
-                ),
-                ("shim", f"{shim_url}/query", SMALL, shim_pids),
-                ("starlette + httpx", f"http://127.0.0.1:{recipe_port}/query", SMALL, [recipe.pid]),
-            ]
-        if "embed" in scenarios or "shadow" in scenarios:
-            shim_url, shim_pids = shim(rust, go)
-            if "embed" in scenarios:
-                targets["embed 8x768"] = [
-                    ("direct", f"{rust}/ai/embed", EMBED_8, []),
-                    ("shim same-dialect", f"{shim_url}/ai/embed", EMBED_8, shim_pids),
-                    ("shim cross-dialect", f"{shim_url}/v1/embed", EMBED_8, shim_pids),
-                ]
-            if "shadow" in scenarios:
-                shadow_url, shadow_pids = shim(rust, go)
-                subprocess.run(
-                    [*python, "flags", "set", "embed", "rust", "--shadow"],
-                    env={
-                        **os.environ,
-                        "SHIM_STATE_DIR": str(stack.tmp / f"state-{shadow_url.rsplit(':', 1)[1]}"),
-                    },
-                    capture_output=True,
-                    check=True,
-                )
-                time.sleep(0.5)
-                targets["shadow"] = [
-                    ("shadow off", f"{shim_url}/ai/embed", EMBED_8, shim_pids),
-                    ("shadow on", f"{shadow_url}/ai/embed", EMBED_8, shadow_pids),
-                ]
+        builder = Bench(stack, connections, shadow_rate)
+        targets = {name: getattr(builder, name)() for name in SCENARIOS if name in scenarios}
+        baseline_rss: dict[str, float] = {}
         results = []
         for round_number in range(rounds):
             for scenario, entries in targets.items():
-                for target, url, body, pids in entries:
+                for target in entries:
                     result = measure(
                         scenario,
                         target,
-                        url,
-                        body,
-                        pids,
                         seconds=seconds,
                         connections=connections,
                         loader=loader,
-                        lua_dir=stack.tmp,
+                        scratch=stack.tmp,
+                        baseline_rss=baseline_rss,
                     )
                     results.append(result)
                     progress(
-                        f"round {round_number + 1}/{rounds} {scenario:<12} {target:<28} "
-                        f"{result.rps:>9.0f} rps  p99 {result.p99_ms:7.2f} ms"
+                        f"round {round_number + 1}/{rounds} {scenario:<8} {target.name:<28} "
+                        f"{result.rps:>9.0f} rps  p50 {result.p50_ms:7.2f} ms  "
+                        f"p99 {result.p99_ms:7.2f} ms"
                     )
         return results
     finally:
         stack.stop()
 
 
-def summarise(results: list[Result]) -> tuple[list[dict[str, object]], list[str]]:
+@dataclass
+class Ratio:
+    label: str
+    value: float
+    goal: str  # e.g. ">= 0.8"; "" for information only
+
+    @property
+    def met(self) -> bool | None:
+        if not self.goal:
+            return None
+        sign, bound = self.goal.split()
+        return self.value >= float(bound) if sign == ">=" else self.value <= float(bound)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"label": self.label, "value": self.value, "goal": self.goal, "met": self.met}
+
+
+def summarise(results: list[Result]) -> tuple[list[dict[str, object]], list[Ratio]]:
     """Per target: the median over rounds; then the ratios the targets are judged by."""
     rows: dict[tuple[str, str], list[Result]] = {}
     for result in results:
@@ -354,64 +581,120 @@ def summarise(results: list[Result]) -> tuple[list[dict[str, object]], list[str]
     table = []
     for (scenario, target), runs in rows.items():
         cpus = [r.cpu_us_per_request for r in runs if r.cpu_us_per_request is not None]
+        growths = [r.rss_growth_mib for r in runs if r.rss_growth_mib is not None]
         table.append(
             {
                 "scenario": scenario,
                 "target": target,
                 "rps": round(statistics.median(r.rps for r in runs), 1),
-                "p50_ms": round(statistics.median(r.p50_ms for r in runs), 3),
-                "p99_ms": round(statistics.median(r.p99_ms for r in runs), 3),
+                "latency_ms": {
+                    p: round(statistics.median(r.latency_ms[p] for r in runs), 3)
+                    for p in runs[0].latency_ms
+                },
                 "cpu_us_per_request": round(statistics.median(cpus), 1) if cpus else None,
+                "mib_per_s": round(statistics.median(r.mib_per_s for r in runs), 1),
+                "rss_growth_mib": max(growths) if growths else None,
                 "errors": sum(r.errors for r in runs),
             }
         )
     by = {(row["scenario"], row["target"]): row for row in table}
-    ratios = []
+    ratios: list[Ratio] = []
 
-    def ratio(label: str, a: tuple[str, str], b: tuple[str, str], field: str = "rps") -> None:
-        if a in by and b in by and by[b][field]:
-            ratios.append(f"{label}: {by[a][field] / by[b][field]:.2f}")  # type: ignore[operator]
+    def value(key: tuple[str, str], name: str) -> float | None:
+        row = by.get(key)
+        if row is None:
+            return None
+        if name in ("p50", "p99"):
+            return row["latency_ms"][name[1:]]  # type: ignore[index]
+        return row[name]  # type: ignore[return-value]
 
+    def ratio(label: str, a: tuple[str, str], b: tuple[str, str], name: str, goal: str) -> None:
+        top, bottom = value(a, name), value(b, name)
+        if top is not None and bottom:
+            ratios.append(Ratio(label, round(top / bottom, 2), goal))
+
+    small, embed = "small", "embed"
+    ratio("shim / floor RPS", (small, "shim"), (small, FLOOR), "rps", ">= 0.8")
+    ratio("shim / starlette+httpx RPS", (small, "shim"), (small, RECIPE), "rps", ">= 10")
+    ratio("shim p99 / floor p99", (small, "shim"), (small, FLOOR), "p99", "<= 1.5")
+    ratio("shim 2 workers / 1 worker RPS", (small, "shim, 2 workers"), (small, "shim"), "rps", "")
+    ratio("shim / nginx RPS", (small, "shim"), (small, "nginx"), "rps", "")
     ratio(
-        "shim / floor RPS (target >= 0.8)",
-        ("small", "shim"),
-        ("small", "floor (raw ASGI + aiohttp)"),
+        "embed cross / same-dialect RPS",
+        (embed, "shim cross-dialect"),
+        (embed, "shim same-dialect"),
+        "rps",
+        ">= 0.6",
     )
     ratio(
-        "shim / starlette+httpx RPS (target >= 10)",
-        ("small", "shim"),
-        ("small", "starlette + httpx"),
+        "storage shim / direct MiB/s",
+        ("storage", "shim"),
+        ("storage", "direct"),
+        "mib_per_s",
+        ">= 0.5",
     )
+    storage = by.get(("storage", "shim"))
+    if storage is not None and storage["rss_growth_mib"] is not None:
+        ratios.append(Ratio("storage shim RSS growth MiB", storage["rss_growth_mib"], "<= 50"))  # type: ignore[arg-type]
     ratio(
-        "shim p99 / floor p99 (target <= 1.5)",
-        ("small", "shim"),
-        ("small", "floor (raw ASGI + aiohttp)"),
-        "p99_ms",
-    )
-    ratio(
-        "embed cross / same-dialect RPS (target >= 0.6)",
-        ("embed 8x768", "shim cross-dialect"),
-        ("embed 8x768", "shim same-dialect"),
-    )
-    ratio(
-        "shadow on / off p50 (target <= 1.05)",
+        "shadow on / off p50 (paced)",
         ("shadow", "shadow on"),
         ("shadow", "shadow off"),
-        "p50_ms",
+        "p50",
+        "<= 1.05",
     )
     return table, ratios
 
 
-def render(table: list[dict[str, object]], ratios: list[str]) -> str:
+def render(table: list[dict[str, object]], ratios: list[Ratio]) -> str:
     lines = [
-        f"{'scenario':<12} {'target':<28} {'RPS':>9} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'CPU us/req':>10} {'errors':>6}"
+        f"{'scenario':<8} {'target':<28} {'RPS':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+        f"{'CPU us/req':>10} {'MiB/s':>8} {'errors':>6}"
     ]
     for row in table:
         cpu = row["cpu_us_per_request"]
+        latency: dict[str, float] = row["latency_ms"]  # type: ignore[assignment]
         lines.append(
-            f"{row['scenario']:<12} {row['target']:<28} {row['rps']:>9.0f} "
-            f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} "
-            f"{('-' if cpu is None else f'{cpu:.0f}'):>10} {row['errors']:>6}"
+            f"{row['scenario']:<8} {row['target']:<28} {row['rps']:>9.0f} "
+            f"{latency['50']:>8.2f} {latency['90']:>8.2f} {latency['99']:>8.2f} "
+            f"{('-' if cpu is None else f'{cpu:.0f}'):>10} {row['mib_per_s']:>8.0f} "
+            f"{row['errors']:>6}"
         )
-    return "\n".join([*lines, "", *ratios])
+    lines.append("")
+    for r in ratios:
+        verdict = {True: "met", False: "NOT met", None: ""}[r.met]
+        goal = f"(target {r.goal}) {verdict}" if r.goal else "(for information)"
+        lines.append(f"{r.label}: {r.value:g} {goal}")
+    return "\n".join(lines)
+
+
+def plot(table: list[dict[str, object]], path: Path) -> bool:
+    """Latency percentiles per target, one panel per scenario (False without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    scenarios = list(dict.fromkeys(str(row["scenario"]) for row in table))
+    figure, axes = plt.subplots(1, len(scenarios), figsize=(5 * len(scenarios), 4), squeeze=False)
+    for axis, scenario in zip(axes[0], scenarios, strict=True):
+        for row in table:
+            if row["scenario"] != scenario:
+                continue
+            latency: dict[str, float] = row["latency_ms"]  # type: ignore[assignment]
+            points = sorted((float(p), ms) for p, ms in latency.items())
+            axis.plot(
+                [p for p, _ in points], [ms for _, ms in points], marker="o", label=row["target"]
+            )
+        axis.set_title(scenario)
+        axis.set_xlabel("percentile")
+        axis.set_ylabel("latency (ms)")
+        axis.set_yscale("log")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True

@@ -190,10 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=2, help="A B A B alternations (default 2)")
     bench.add_argument(
         "--scenarios",
-        default="small,embed,shadow",
-        help="comma-separated: small, embed, shadow (default all)",
+        default="small,embed,storage,shadow",
+        help="comma-separated: small, embed, storage, shadow (default all)",
+    )
+    bench.add_argument(
+        "--shadow-rate",
+        type=float,
+        default=1000.0,
+        help="requests per second, paced, for shadow off vs on (default 1000)",
     )
     bench.add_argument("--json", type=Path, help="also write the results here")
+    bench.add_argument(
+        "--plot", type=Path, help="latency percentiles as a PNG here (needs matplotlib)"
+    )
     bench.set_defaults(run=run_bench)
 
     check = commands.add_parser("check", help="validate settings, route table and flag state")
@@ -584,29 +593,39 @@ def run_parity(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from shim.bench import bench, render, summarise
+    from shim.bench import SCENARIOS, bench, plot, render, summarise
 
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = set(scenarios) - {"small", "embed", "shadow"}
+    unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
-        raise ConfigError(f"unknown scenario {sorted(unknown)[0]!r}", key="--scenarios")
+        raise ConfigError(
+            f"unknown scenario {sorted(unknown)[0]!r} (known: {', '.join(SCENARIOS)})",
+            key="--scenarios",
+        )
     results = bench(
         seconds=args.duration,
         connections=args.connections,
         rounds=args.rounds,
         scenarios=scenarios,
+        shadow_rate=args.shadow_rate,
         progress=lambda line: print(line, flush=True),
     )
     table, ratios = summarise(results)
     print()
     print(render(table, ratios))
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {"results": table, "ratios": ratios, "runs": [asdict(r) for r in results]}, indent=2
-            )
-        )
+        document = {
+            "results": table,
+            "ratios": [r.to_dict() for r in ratios],
+            "runs": [asdict(r) for r in results],
+        }
+        args.json.write_text(json.dumps(document, indent=2))
         print(f"\nresults written to {args.json}")
+    if args.plot:
+        if plot(table, args.plot):
+            print(f"latency plot written to {args.plot}")
+        else:
+            print("no plot: matplotlib is not installed (pip install matplotlib)")
     return 0
 
 

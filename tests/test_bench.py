@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from shim.bench import FLOOR, RECIPE, nginx_binary
 from tests.servers import ROOT, base_env
 
 
@@ -24,8 +25,8 @@ def test_bench_smoke_run_reports_every_target_and_the_ratios(tmp_path: Path) -> 
             "1",
             "--connections",
             "4",
-            "--scenarios",
-            "small",
+            "--shadow-rate",
+            "50",
             "--json",
             str(output),
         ],
@@ -33,12 +34,29 @@ def test_bench_smoke_run_reports_every_target_and_the_ratios(tmp_path: Path) -> 
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=240,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     document = json.loads(output.read_text())
-    targets = {row["target"] for row in document["results"]}
-    assert targets == {"direct", "floor (raw ASGI + aiohttp)", "shim", "starlette + httpx"}
+    targets = {(row["scenario"], row["target"]) for row in document["results"]}
+    small = {"direct", FLOOR, "shim", "shim, 2 workers", RECIPE}
+    if nginx_binary():
+        small.add("nginx")
+    assert targets == {
+        *(("small", t) for t in small),
+        ("embed", "direct"),
+        ("embed", "shim same-dialect"),
+        ("embed", "shim cross-dialect"),
+        ("storage", "direct"),
+        ("storage", "shim"),
+        ("shadow", "shadow off"),
+        ("shadow", "shadow on"),
+    }
     assert all(row["rps"] > 0 and row["errors"] == 0 for row in document["results"])
-    assert any(r.startswith("shim / floor RPS") for r in document["ratios"])
+    storage = {row["target"]: row for row in document["results"] if row["scenario"] == "storage"}
+    assert storage["shim"]["mib_per_s"] > 0 and storage["shim"]["rss_growth_mib"] is not None
+    labels = {ratio["label"]: ratio for ratio in document["ratios"]}
+    assert labels["shim / floor RPS"]["goal"] == ">= 0.8"
+    assert {"embed cross / same-dialect RPS", "storage shim / direct MiB/s"} <= set(labels)
+    assert "shadow on / off p50 (paced)" in labels
     assert "shim / floor RPS" in result.stdout
