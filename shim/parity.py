@@ -39,10 +39,19 @@ class ParityStore:
 
     def append(self, record: Mapping[str, Any]) -> None:
         """Append one sample to this process's file (rotating it when large)."""
+        self.append_many([record])
+
+    def append_many(self, records: list[dict[str, Any]] | list[Mapping[str, Any]]) -> None:
+        """Append samples to this process's file in one write (rotating it when large)."""
+        if not records:
+            return
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{os.getpid()}.jsonl"
+        lines = b"".join(
+            orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for record in records
+        )
         with path.open("ab") as file:
-            file.write(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+            file.write(lines)
             size = file.tell()
         if size > MAX_FILE_BYTES:
             os.replace(path, path.with_name(path.name + ".1"))

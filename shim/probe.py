@@ -19,7 +19,7 @@ from shim.errors import BackendError, ConfigError
 from shim.parity import ParityStore, Verdict, judge
 from shim.routes import Route
 from shim.settings import Settings
-from shim.shadow import Capture, Shadower, UnShadowable, other, record_sample, shadow_payload
+from shim.shadow import Capture, Shadower, UnShadowable, judge_sample, other, shadow_payload
 from shim.types import Backend
 from shim.upstream import Upstream
 
@@ -112,15 +112,14 @@ async def probe(
                     answers[backend] = await shadower.fetch(
                         route, backend, "POST", url, headers, payload
                     )
-                sample = record_sample(
-                    _Store(store, record), capture, answers=answers, kind="probe"
-                )
+                sample = judge_sample(capture, answers=answers, kind="probe")
             except UnShadowable as exc:
-                sample = {"kind": "probe", "error": f"not comparable: {exc.reason}"}
+                samples.append({"kind": "probe", "error": f"not comparable: {exc.reason}"})
+                continue
             except BackendError as exc:
-                sample = record_sample(
-                    _Store(store, record), capture, error=exc.message, kind="probe"
-                )
+                sample = judge_sample(capture, error=exc.message, kind="probe")
+            if record:
+                store.append(sample)
             samples.append(sample)
     finally:
         await upstream.close()
@@ -128,14 +127,3 @@ async def probe(
         route, parity=dataclasses.replace(route.parity, min_samples=max(1, len(samples)))
     )
     return judge(judged, samples), samples
-
-
-class _Store:
-    """The parity store, or nothing when the probe is not to be recorded."""
-
-    def __init__(self, store: ParityStore, record: bool) -> None:
-        self.store, self.record = store, record
-
-    def append(self, sample: dict[str, Any]) -> None:
-        if self.record:
-            self.store.append(sample)

@@ -42,6 +42,8 @@ from shim.upstream import Upstream, decode_body, translate_errors
 log = logging.getLogger("shim.shadow")
 SHADOW_HEADER = ("X-Shim-Shadow", "1")
 NOT_MIRRORED = frozenset({"accept-encoding", "content-type", "content-length"})
+INLINE_COMPARE_BYTES = 512 * 1024  # both answers; larger comparisons go to a thread
+WRITE_EVERY_SECONDS = 0.5  # parity records are written in batches this often
 
 
 def other(backend: Backend) -> Backend:
@@ -83,6 +85,30 @@ class Capture:
             buffer += chunk
 
 
+class WorkBudget:
+    """Seconds of a worker's time that shadow work may spend: `share` of the wall clock,
+    with at most one second's worth banked for a burst.
+
+    Translating and comparing a shadow runs on the event loop (a few hundred microseconds for
+    an 8x768 embed); spent without bound at high load it would delay every client behind it.
+    """
+
+    def __init__(self, share: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.share = share
+        self.clock = clock
+        self.tokens = share
+        self.stamp = clock()
+
+    def available(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.share, self.tokens + (now - self.stamp) * self.share)
+        self.stamp = now
+        return self.tokens > 0
+
+    def spend(self, seconds: float) -> None:
+        self.tokens -= seconds
+
+
 class Shadower:
     """One worker's shadow traffic: decides, bounds, runs and records."""
 
@@ -100,8 +126,11 @@ class Shadower:
         self.max_inflight = settings.shadow_max_inflight
         self.timeout = settings.shadow_timeout
         self.limit = settings.shadow_max_body_bytes
+        self.budget = WorkBudget(settings.shadow_cpu_share)
         self._tasks: set[asyncio.Task[None]] = set()
         self._random = random.Random()
+        self._unwritten: list[dict[str, Any]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     @property
     def inflight(self) -> int:
@@ -113,6 +142,9 @@ class Shadower:
             return False  # writes, chat: never mirrored
         if self._random.random() >= route.parity.sample_rate:
             skipped(route.name, "sampled_out")
+            return False
+        if not self.budget.available():
+            skipped(route.name, "budget")
             return False
         if self.inflight >= self.max_inflight:
             skipped(route.name, "saturated")
@@ -133,12 +165,17 @@ class Shadower:
 
     async def close(self) -> None:
         tasks = list(self._tasks)
+        if self._writer is not None:
+            tasks.append(self._writer)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._unwritten:
+            self._write()  # shutting down: nothing else is waiting for the loop
 
     async def _run(self, capture: Capture) -> None:
         route = capture.route
+        started = time.perf_counter()
         try:
             payload = shadow_payload(capture)
         except UnShadowable as exc:
@@ -151,6 +188,7 @@ class Shadower:
         if route.adapter is not None:
             headers.append(("Content-Type", "application/json"))
         primary_body = decoded(bytes(capture.primary_body), capture.primary_encoding)
+        self.budget.spend(time.perf_counter() - started)
         try:
             async with asyncio.timeout(self.timeout):
                 status, body = await self.fetch(
@@ -161,17 +199,43 @@ class Shadower:
                     repeat = await self.fetch(route, target, capture.method, url, headers, payload)
         except (BackendError, TimeoutError) as exc:
             message = getattr(exc, "message", None) or f"the {target} shadow timed out"
-            self._compared(
-                await asyncio.to_thread(record_sample, self.store, capture, error=message)
-            )
+            self._keep(judge_sample(capture, error=message))
             return
         answers = {capture.primary: (capture.primary_status, primary_body), target: (status, body)}
-        # Comparing (numpy, JSON) and appending to the parity file stay off the event loop.
-        self._compared(await asyncio.to_thread(record_sample, self.store, capture, answers=answers))
-        if repeat is not None:
-            await asyncio.to_thread(
-                record_noise, self.store, capture, target, (status, body), repeat
-            )
+        started = time.perf_counter()
+        if len(primary_body) + len(body) <= INLINE_COMPARE_BYTES:
+            # On the loop: a few hundred microseconds of numpy. In a thread, every numpy call
+            # would hand the GIL over and stall the loop for up to the switch interval (5 ms).
+            record = judge_sample(capture, answers=answers)
+            if repeat is not None:
+                self._keep(judge_noise(capture, target, (status, body), repeat), compared=False)
+            self.budget.spend(time.perf_counter() - started)
+        else:
+            record = await asyncio.to_thread(judge_sample, capture, answers=answers)
+            if repeat is not None:
+                answer = (status, body)
+                noise = await asyncio.to_thread(judge_noise, capture, target, answer, repeat)
+                self._keep(noise, compared=False)
+        self._keep(record)
+
+    def _keep(self, record: dict[str, Any], *, compared: bool = True) -> None:
+        """Queue a record for the parity file (written in batches, off the loop)."""
+        if compared:
+            self._compared(record)
+        self._unwritten.append(record)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_soon())
+
+    async def _write_soon(self) -> None:
+        await asyncio.sleep(WRITE_EVERY_SECONDS)
+        await asyncio.to_thread(self._write)
+
+    def _write(self) -> None:
+        records, self._unwritten = self._unwritten, []
+        try:
+            self.store.append_many(records)
+        except OSError as exc:
+            log.error("cannot record %d parity samples: %s", len(records), exc)
 
     def _compared(self, record: dict[str, Any]) -> None:
         if self.on_compared is not None:
@@ -277,15 +341,14 @@ def compare_answers(route: Route, answers: dict[Backend, tuple[int, bytes]]) -> 
     )
 
 
-def record_sample(
-    store: ParityStore,
+def judge_sample(
     capture: Capture,
     *,
     answers: dict[Backend, tuple[int, bytes]] | None = None,
     error: str | None = None,
     kind: str = "shadow",
 ) -> dict[str, Any]:
-    """Compare (unless the shadow failed), count it, and append it to the parity store."""
+    """Compare (unless the shadow failed) and count it: the parity record, not yet stored."""
     route = capture.route
     record: dict[str, Any] = base_record(route.name, kind, capture.request_id)
     record.update(primary=capture.primary, client=capture.client)
@@ -310,21 +373,18 @@ def record_sample(
         if not record["matched"]:
             record["request"] = excerpt(bytes(capture.request_body))
         metrics.observe_comparison(route.name, comparison, matched=record["matched"])
-    try:
-        store.append(record)
-    except OSError as exc:
-        log.error("cannot record a parity sample for %s: %s", route.name, exc)
     return record
 
 
-def record_noise(
-    store: ParityStore,
+def judge_noise(
     capture: Capture,
     backend: Backend,
     first: tuple[int, bytes],
     second: tuple[int, bytes],
 ) -> None:
-    """Two answers of the same backend to the same request: whatever differs is noise."""
+    """Two answers of the same backend to the same request: whatever differs is noise.
+
+    Returns the noise record, not yet stored."""
     route = capture.route
     comparison = compare_answers(route, {"rust": first, "go": second})
     record = base_record(route.name, "noise", capture.request_id)
@@ -333,10 +393,7 @@ def record_noise(
         metrics=comparison.metrics,
         blocking=[d.to_dict() for d in blocking(comparison)[:20]],
     )
-    try:
-        store.append(record)
-    except OSError as exc:
-        log.error("cannot record a noise sample for %s: %s", route.name, exc)
+    return record
 
 
 def base_record(endpoint: str, kind: str, request_id: str) -> dict[str, Any]:

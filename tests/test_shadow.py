@@ -15,6 +15,7 @@ import pytest
 
 from shim.flags import FlagStore
 from shim.reference.embedding import unit_embedding
+from shim.shadow import WorkBudget
 from tests.flipping import ROUTES, wait_for_generation, wait_for_parity
 from tests.servers import Shim, own_backend, reference
 
@@ -133,6 +134,37 @@ def test_shadow_saturation_skips_and_counts_and_hurts_no_primary(
         r'shim_shadow_skipped_total\{endpoint="embed",reason="saturated"\} (\S+)', text
     )
     assert found and float(found.group(1)) >= 1, text
+
+
+def test_shadow_work_past_its_share_of_the_worker_is_skipped_as_budget(
+    start_shim: Callable[..., Shim],
+) -> None:
+    """A share so small that one comparison spends it: the rest are skipped, not queued."""
+    shim = start_shim(SHIM_SHADOW_CPU_SHARE="0.00001")
+    shadow_on(shim, "embed")
+    with httpx.Client() as client:
+        statuses = [
+            client.post(f"{shim.url}/ai/embed", json={"texts": [f"t{i}"]}).status_code
+            for i in range(30)
+        ]
+    assert statuses == [200] * 30
+    text = httpx.get(f"{shim.admin_url}/metrics").text
+    found = re.search(r'shim_shadow_skipped_total\{endpoint="embed",reason="budget"\} (\S+)', text)
+    assert found and float(found.group(1)) >= 25, text
+
+
+def test_the_work_budget_refills_at_its_share_of_the_clock() -> None:
+    now = [0.0]
+    budget = WorkBudget(0.02, clock=lambda: now[0])
+    assert budget.available()
+    budget.spend(0.05)  # one long comparison overdraws it
+    now[0] = 1.0
+    assert not budget.available()  # 0.02 s earned back, 0.03 still owed
+    now[0] = 2.0
+    assert budget.available()
+    now[0] = 1000.0
+    budget.available()
+    assert budget.tokens == pytest.approx(0.02)  # at most one second's worth banked
 
 
 def test_chat_and_playbook_records_are_never_shadowed(
