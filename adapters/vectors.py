@@ -39,14 +39,21 @@ def ensure_finite(values: np.ndarray, *, field: str) -> None:
         raise NonFiniteError(f"{field} contains NaN or infinite values", field=field)
 
 
+_SAFE_NORM = (1e-150, 1e150)  # squared, these stay normal doubles
+
+
 def l2_normalize(matrix: np.ndarray) -> np.ndarray:
     """Scale each row to unit L2 norm, vectorised over the batch; a zero row stays zero.
 
     >>> l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]])).tolist()
     [[0.6, 0.8], [0.0, 0.0]]
     """
-    # Scale each row by its largest magnitude first, so squaring neither underflows
-    # (rows near 1e-160) nor overflows (rows near 1e160).
+    if matrix.size:
+        norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix))
+        if np.all((norms > _SAFE_NORM[0]) & (norms < _SAFE_NORM[1])):
+            return matrix / norms[:, None]  # the common case: one pass, no rescaling
+    # Zero rows, or rows whose squares would underflow (near 1e-160) or overflow (near
+    # 1e160): scale each row by its largest magnitude first, then normalise.
     scale = np.max(np.abs(matrix), axis=1, keepdims=True) if matrix.size else np.ones((0, 1))
     scaled = np.divide(matrix, scale, out=np.zeros_like(matrix), where=scale > 0)
     norms = np.linalg.norm(scaled, axis=1, keepdims=True)

@@ -471,13 +471,25 @@ class Bench:
         return targets
 
     def embed(self) -> list[Target]:
-        rust = self.reference("rust")
-        shim_url, _, pids = self.shim(rust, self.reference("go"))
+        """Both faces served by Go: the Go face passes through, the Rust face is rewritten
+        (renamed, and every vector normalised to unit length)."""
+        go = self.reference("go")
+        shim_url, state, pids = self.shim(self.reference("rust"), go)
+        self.flag(state, "embed", "go")
         return [
-            Target("direct", f"{rust}/ai/embed", EMBED_8),
-            Target("shim same-dialect", f"{shim_url}/ai/embed", EMBED_8, pids),
-            Target("shim cross-dialect", f"{shim_url}/v1/embed", EMBED_8, pids),
+            Target("direct", f"{go}/v1/embed", EMBED_8),
+            Target("shim same-dialect", f"{shim_url}/v1/embed", EMBED_8, pids),
+            Target("shim cross-dialect", f"{shim_url}/ai/embed", EMBED_8, pids),
         ]
+
+    def flag(self, state: str, *arguments: str) -> None:
+        subprocess.run(
+            [*self.python, "flags", "set", *arguments],
+            env={**os.environ, "SHIM_STATE_DIR": state, "SHIM_PARITY_GATE": "false"},
+            capture_output=True,
+            check=True,
+        )
+        time.sleep(0.5)
 
     def storage(self) -> list[Target]:
         rust = self.reference("rust")
@@ -496,13 +508,7 @@ class Bench:
         rust, go = self.reference("rust"), self.reference("go")
         off_url, _, off_pids = self.shim(rust, go)
         on_url, state, on_pids = self.shim(rust, go)
-        subprocess.run(
-            [*self.python, "flags", "set", "embed", "rust", "--shadow"],
-            env={**os.environ, "SHIM_STATE_DIR": state},
-            capture_output=True,
-            check=True,
-        )
-        time.sleep(0.5)
+        self.flag(state, "embed", "rust", "--shadow")
         rate = self.shadow_rate
         return [
             Target("shadow off", f"{off_url}/ai/embed", EMBED_8, off_pids, rate=rate),
