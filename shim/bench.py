@@ -433,14 +433,12 @@ class Bench:
             },
             ready=f"127.0.0.1:{port}",
         )
-        pids = [process.pid]
-        for _ in range(100):  # wait for every worker to be up
-            pids = tree(process.pid)
-            if workers == 1 or len(pids) > workers:
+        for _ in range(200):  # every worker publishes its status once it serves
+            if len(list((state / "workers").glob("*.json"))) >= workers:
                 break
             time.sleep(0.1)
         time.sleep(0.5)
-        return f"http://127.0.0.1:{port}", str(state), pids
+        return f"http://127.0.0.1:{port}", str(state), tree(process.pid)
 
     def small(self) -> list[Target]:
         stub_port = free_port()

@@ -183,6 +183,25 @@ def test_hop_by_hop_headers_never_reach_the_backend(
     assert response.getheader("x-request-id") == "req-123"
 
 
+def test_the_backend_sees_the_clients_headers_and_the_proxys_own_nothing_else(
+    start_shim: Callable[..., Shim], echo_backend: str
+) -> None:
+    """No User-Agent, Accept, Accept-Encoding or guessed Content-Type from the upstream
+    client: a backend must not compress for a client that never asked."""
+    shim = start_shim(rust_url=echo_backend)
+    body = b'{"texts": ["a"]}'
+    connection = http.client.HTTPConnection("127.0.0.1", shim.port, timeout=10)
+    connection.putrequest("POST", "/ai/embed", skip_accept_encoding=True)
+    connection.putheader("Content-Length", str(len(body)))
+    connection.endheaders(body)
+    echo = json.loads(connection.getresponse().read())
+    connection.close()
+    sent = sorted(name for name, _ in echo["headers"])
+    assert sent == sorted(
+        ["host", "content-length", "x-forwarded-for", "x-forwarded-proto", "via", "x-request-id"]
+    ), sent
+
+
 def test_a_forwarded_chain_gains_exactly_one_hop(
     start_shim: Callable[..., Shim], echo_backend: str
 ) -> None:
