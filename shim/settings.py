@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     shadow_max_body_bytes: int = Field(4 * MiB, ge=1024)  # request or answer; larger: skipped
     # Share of a worker's time that translating and comparing shadows may take; past it
     # shadows are skipped ("budget"), so clients never queue behind comparisons.
-    shadow_cpu_share: float = Field(0.02, gt=0, le=1)
+    shadow_cpu_share: float = Field(0.01, gt=0, le=1)
     parity_window_hours: float = Field(24.0, gt=0)
     parity_gate_max_age_hours: float = Field(1.0, gt=0)  # newest sample older: evidence stale
     canary_key_header: str = "x-shim-key"

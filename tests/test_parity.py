@@ -7,9 +7,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from shim.compare import blocking, compare
+from shim.compare import blocking, compare, percentiles
 from shim.parity import judge, markdown
 from tests.flipping import ROUTES
 
@@ -160,3 +163,11 @@ def test_forgetting_one_endpoints_samples_keeps_the_others(tmp_path: Path) -> No
     assert store.forget("embed") == 2
     assert [r["endpoint"] for r in store.samples(window_seconds=60)] == ["sql"]
     assert store.forget(None) == 1 and store.samples(window_seconds=60) == []
+
+
+@given(st.lists(st.floats(-1, 1), min_size=1, max_size=64))
+def test_percentiles_agree_with_numpys_default_method(values: list[float]) -> None:
+    array = np.array(values)
+    points = (0, 1, 50, 99, 100)
+    expected = [np.percentile(array, p) for p in points]
+    assert np.allclose(percentiles(array, points), expected)
