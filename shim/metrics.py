@@ -137,8 +137,13 @@ class RequestTally:
         self.counts: dict[tuple[str, str, str, str], int] = {}
         # per (endpoint, backend): a count per bucket (the last is +Inf), then the sum
         self.latency: dict[tuple[str, str], list[float]] = {}
+        self.events: dict[tuple[Counter, tuple[str, ...]], int] = {}
         self._counters: dict[tuple[str, str, str, str], Counter] = {}
         self._histograms: dict[tuple[str, str], Histogram] = {}
+
+    def count(self, counter: Counter, labels: tuple[str, ...]) -> None:
+        key = (counter, labels)
+        self.events[key] = self.events.get(key, 0) + 1
 
     def observe(
         self,
@@ -162,6 +167,9 @@ class RequestTally:
         """Add what was tallied to the metrics every scrape reads."""
         counts, self.counts = self.counts, {}
         latency, self.latency = self.latency, {}
+        events, self.events = self.events, {}
+        for (counter, labels), count in events.items():
+            counter.labels(*labels).inc(count)
         for key, count in counts.items():
             counter = self._counters.get(key)
             if counter is None:
@@ -194,6 +202,11 @@ def observe_request(
 ) -> None:
     """Count one answered request (tallied in this worker; see RequestTally)."""
     _tally.observe(endpoint, face, backend, status, seconds)
+
+
+def count(counter: Counter, *labels: str) -> None:
+    """Count one event of a per-request counter (tallied in this worker; see RequestTally)."""
+    _tally.count(counter, labels)
 
 
 def flush() -> None:

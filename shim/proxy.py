@@ -378,7 +378,7 @@ class Proxy:
         route, client = match.route, match.client
         assert route.adapter is not None
         ex.translated = True
-        metrics.TRANSLATIONS.labels(route.name, f"{client}->{backend}").inc()
+        metrics.count(metrics.TRANSLATIONS, route.name, f"{client}->{backend}")
         raw = call.body if isinstance(call.body, bytes) else b""
         document = parse_json(raw, side="client")
         try:

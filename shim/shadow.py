@@ -424,4 +424,4 @@ def decoded(body: bytes, encoding: str | None) -> bytes:
 
 
 def skipped(endpoint: str, reason: str) -> None:
-    metrics.SHADOW_SKIPPED.labels(endpoint, reason).inc()
+    metrics.count(metrics.SHADOW_SKIPPED, endpoint, reason)
