@@ -11,8 +11,10 @@ import httpx
 import pytest
 
 from shim.app import ShimApp
+from shim.proxy import CancelOnDisconnect, ClientDisconnected
 from shim.routes import load_routes
 from shim.settings import load_settings
+from shim.types import DISCONNECT_EXTENSION, DisconnectSignal
 
 ROOT = Path(__file__).resolve().parent.parent
 UNREACHABLE = "http://127.0.0.1:9"  # discard port: nothing must ever get there in these tests
@@ -85,3 +87,41 @@ def test_healthz_answers_on_the_proxy_port(tmp_path: Path) -> None:
         assert response.status_code == 200 and response.json() == {"status": "ok"}
 
     run_against_app(tmp_path, check)
+
+
+async def _disconnect_after(seconds: float) -> dict[str, Any]:
+    await asyncio.sleep(seconds)
+    return {"type": "http.disconnect"}
+
+
+@pytest.mark.parametrize("server_signals", [True, False])
+def test_a_disconnect_cancels_the_request_in_flight(server_signals: bool) -> None:
+    """With the server's DisconnectSignal (shim serve) or by watching receive() (any other
+    server), a client that goes away cancels the upstream work at once."""
+
+    async def scenario() -> float:
+        signal = DisconnectSignal()
+        scope: dict[str, Any] = {"extensions": {DISCONNECT_EXTENSION: signal}}
+        if server_signals:
+            asyncio.get_running_loop().call_later(0.05, signal.fire)
+        else:
+            scope = {}
+        started = asyncio.get_running_loop().time()
+        watching = CancelOnDisconnect(scope, lambda: _disconnect_after(0.05))
+        with pytest.raises(ClientDisconnected), watching:
+            await asyncio.sleep(10)  # a backend that takes its time
+        return asyncio.get_running_loop().time() - started
+
+    assert asyncio.run(scenario()) < 1.0
+
+
+def test_a_finished_request_is_not_cancelled_by_a_later_disconnect() -> None:
+    async def scenario() -> None:
+        signal = DisconnectSignal()
+        scope = {"extensions": {DISCONNECT_EXTENSION: signal}}
+        with CancelOnDisconnect(scope, lambda: _disconnect_after(10)):
+            await asyncio.sleep(0.01)
+        signal.fire()  # the connection closes after the answer: nothing left to cancel
+        await asyncio.sleep(0.01)
+
+    asyncio.run(scenario())
