@@ -358,6 +358,8 @@ def measure(
     connections = target.connections or connections
     if target.rate is not None:
         loader = run_builtin  # wrk cannot pace; the built-in generator can
+    if target.pids:  # the process's memory before anything of this target ran
+        baseline_rss.setdefault(f"{scenario}/{target.name}", rss_mib(target.pids))
     loader(target, min(1.0, seconds / 2), connections, scratch)  # warm-up
     before = cpu_seconds(target.pids)
     with RssWatch(target.pids) as memory:
@@ -365,10 +367,8 @@ def measure(
     used = cpu_seconds(target.pids) - before
     cpu = used / run["requests"] * 1e6 if target.pids and run["requests"] else None
     growth = None
-    if target.pids:
-        # Against the process's memory before its first measurement, not just this one.
-        start = baseline_rss.setdefault(f"{scenario}/{target.name}", memory.peak)
-        growth = round(max(memory.peak - start, 0.0), 1)
+    if target.pids:  # the peak against memory before the first warm-up, not just this run
+        growth = round(max(memory.peak - baseline_rss[f"{scenario}/{target.name}"], 0.0), 1)
     return Result(
         scenario,
         target.name,
