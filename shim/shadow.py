@@ -44,6 +44,7 @@ SHADOW_HEADER = ("X-Shim-Shadow", "1")
 NOT_MIRRORED = frozenset({"accept-encoding", "content-type", "content-length"})
 INLINE_COMPARE_BYTES = 512 * 1024  # both answers; larger comparisons go to a thread
 WRITE_EVERY_SECONDS = 0.5  # parity records are written in batches this often
+BANKED_SECONDS = 5.0  # the work budget saves up to this many seconds' worth of its share
 
 
 def other(backend: Backend) -> Backend:
@@ -87,7 +88,8 @@ class Capture:
 
 class WorkBudget:
     """Seconds of a worker's time that shadow work may spend: `share` of the wall clock,
-    with at most one second's worth banked for a burst.
+    with up to `BANKED_SECONDS` of it saved for a burst (a quiet worker compares a burst of
+    ~100 embed requests in full; under sustained load the share holds).
 
     Translating and comparing a shadow runs on the event loop (a few hundred microseconds for
     an 8x768 embed); spent without bound at high load it would delay every client behind it.
@@ -96,12 +98,13 @@ class WorkBudget:
     def __init__(self, share: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.share = share
         self.clock = clock
-        self.tokens = share
+        self.capacity = share * BANKED_SECONDS
+        self.tokens = self.capacity
         self.stamp = clock()
 
     def available(self) -> bool:
         now = self.clock()
-        self.tokens = min(self.share, self.tokens + (now - self.stamp) * self.share)
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.share)
         self.stamp = now
         return self.tokens > 0
 
@@ -170,8 +173,9 @@ class Shadower:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._unwritten:
-            self._write()  # shutting down: nothing else is waiting for the loop
+        if self._unwritten:  # shutting down: nothing else is waiting for the loop
+            self._write(self._unwritten)
+            self._unwritten = []
 
     async def _run(self, capture: Capture) -> None:
         route = capture.route
@@ -228,10 +232,10 @@ class Shadower:
 
     async def _write_soon(self) -> None:
         await asyncio.sleep(WRITE_EVERY_SECONDS)
-        await asyncio.to_thread(self._write)
+        records, self._unwritten = self._unwritten, []  # taken on the loop, written off it
+        await asyncio.to_thread(self._write, records)
 
-    def _write(self) -> None:
-        records, self._unwritten = self._unwritten, []
+    def _write(self, records: list[dict[str, Any]]) -> None:
         try:
             self.store.append_many(records)
         except OSError as exc:
