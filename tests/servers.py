@@ -112,6 +112,7 @@ class Shim:
     def __init__(
         self, tmp: Path, *, rust_url: str, go_url: str, workers: int = 1, **env: str
     ) -> None:
+        self.workers = workers
         self.port, self.admin_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_url = f"http://127.0.0.1:{self.admin_port}"
@@ -134,7 +135,13 @@ class Shim:
         )
 
     def start(self) -> Shim:
+        """Started when every worker serves: the port opens with the first one."""
         self.server.start()
+        deadline = time.monotonic() + 30
+        while len(list((self.state_dir / "workers").glob("*.json"))) < self.workers:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"only some of {self.workers} workers started")
+            time.sleep(0.05)
         return self
 
     def stop(self) -> None:
