@@ -234,7 +234,6 @@ def _load(args: argparse.Namespace, **overrides: object) -> tuple[Settings, Rout
 
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
     settings, _ = _load(
         args, host=args.host, port=args.port, admin_port=args.admin_port, workers=args.workers
@@ -242,7 +241,18 @@ def run_serve(args: argparse.Namespace) -> int:
     if (settings.host, settings.port) == (settings.admin_host, settings.admin_port):
         raise ConfigError("the admin listener needs its own port", key="admin_port")
     _prepare_metrics_dir(settings.resolved_metrics_dir())
-    proxy_socket = _bind(settings.host, settings.port, "port")
+    lock = None
+    if settings.workers == 1:
+        proxy_sockets = [_bind(settings.host, settings.port, "port")]
+    else:  # one socket per worker, so the kernel spreads connections (shim/supervisor.py)
+        from shim.supervisor import address_lock, reuseport_sockets
+
+        if settings.port:
+            lock = address_lock(settings.host, settings.port, key="port")
+        proxy_sockets = reuseport_sockets(
+            settings.host, settings.port, settings.workers, key="port"
+        )
+    proxy_socket = proxy_sockets[0]
     admin_socket = _bind(settings.admin_host, settings.admin_port, "admin_port")
     # Spawned workers re-import the app and see only the environment.
     os.environ.update(
@@ -281,12 +291,24 @@ def run_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    sockets = [proxy_socket, admin_socket]
     if settings.workers == 1:
-        uvicorn.Server(config).run(sockets=sockets)
-    else:
-        Multiprocess(config, sockets=sockets).run()
-    return 0
+        uvicorn.Server(config).run(sockets=[proxy_socket, admin_socket])
+        return 0
+    from shim.supervisor import Supervisor
+
+    try:
+        from shim.workers import WorkerRegistry
+
+        status_files = WorkerRegistry(settings.state_dir).directory
+        return Supervisor(
+            config,
+            proxy_sockets,
+            [admin_socket],
+            ready=lambda pid: (status_files / f"{pid}.json").exists(),
+        ).run()
+    finally:
+        if lock is not None:
+            lock.close()  # held until every worker has stopped
 
 
 def _prepare_metrics_dir(path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Dependencies point one way: adapters are pure, only the CLI imports uvicorn."""
+"""Dependencies point one way: adapters are pure, only the CLI and its serving pieces import
+uvicorn."""
 
 from __future__ import annotations
 
@@ -35,13 +36,14 @@ def test_adapters_import_only_the_stdlib_basics_and_numpy() -> None:
 
 def test_only_the_cli_and_its_protocol_import_uvicorn() -> None:
     users = {p.name for p in (ROOT / "shim").rglob("*.py") if "uvicorn" in imports(p)}
-    assert users == {"cli.py", "protocol.py"}  # the protocol is a uvicorn extension
+    assert users == {"cli.py", "protocol.py", "supervisor.py"}  # serving pieces only
     app_side = {
         p.name
         for p in (ROOT / "shim").rglob("*.py")
         if "shim.protocol" in p.read_text() and p.name != "protocol.py"
     }
     assert app_side == {"cli.py"}
+    assert "shim.supervisor" not in (ROOT / "shim" / "app.py").read_text()
 
 
 def test_types_module_imports_nothing_of_the_shim() -> None:
