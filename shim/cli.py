@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -36,6 +36,9 @@ from shim.routes import GO_PREFIX, RouteTable, load_routes
 from shim.settings import Settings, load_settings
 from shim.types import Backend
 from shim.workers import WorkerRegistry
+
+if TYPE_CHECKING:
+    import uvicorn
 
 EXIT_REFUSED = 1
 EXIT_CONFIG = 2
@@ -294,21 +297,38 @@ def run_serve(args: argparse.Namespace) -> int:
     if settings.workers == 1:
         uvicorn.Server(config).run(sockets=[proxy_socket, admin_socket])
         return 0
-    from shim.supervisor import Supervisor
-
     try:
-        from shim.workers import WorkerRegistry
-
-        status_files = WorkerRegistry(settings.state_dir).directory
-        return Supervisor(
-            config,
-            proxy_sockets,
-            [admin_socket],
-            ready=lambda pid: (status_files / f"{pid}.json").exists(),
-        ).run()
+        return _supervise(config, settings, proxy_sockets, admin_socket)
     finally:
         if lock is not None:
             lock.close()  # held until every worker has stopped
+
+
+def _supervise(
+    config: uvicorn.Config,
+    settings: Settings,
+    proxy_sockets: list[socket.socket],
+    admin_socket: socket.socket,
+) -> int:
+    """Several workers, one proxy socket each (shim/supervisor.py)."""
+    from shim import logs
+    from shim.metrics import worker_exited
+    from shim.supervisor import Supervisor
+
+    logs.configure(settings.log_level)  # the supervisor reports workers it starts or loses
+    registry = WorkerRegistry(settings.state_dir)
+
+    def lost(pid: int) -> None:
+        registry.remove(pid)
+        worker_exited(pid)  # else a dead worker's flag gauges would keep counting
+
+    return Supervisor(
+        config,
+        proxy_sockets,
+        [admin_socket],
+        ready=lambda pid: (registry.directory / f"{pid}.json").exists(),
+        lost=lost,
+    ).run()
 
 
 def _prepare_metrics_dir(path: Path) -> None:

@@ -82,7 +82,8 @@ class Supervisor:
     SIGINT or SIGTERM (each worker shuts down gracefully on the SIGTERM it is sent), and on
     SIGHUP replaces them one at a time (a new route table, without a moment of downtime).
 
-    `ready(pid)` says when a new worker serves.
+    `ready(pid)` says when a new worker serves; `lost(pid)` cleans up after one that died
+    without shutting down (its status file, its live metrics).
     """
 
     def __init__(
@@ -91,9 +92,11 @@ class Supervisor:
         proxy_sockets: list[socket.socket],
         shared_sockets: list[socket.socket],
         ready: Callable[[int], bool],
+        lost: Callable[[int], None],
     ) -> None:
         self.config = config
         self.ready = ready
+        self.lost = lost
         self.slots = [[proxy, *shared_sockets] for proxy in proxy_sockets]
         self.workers: list[SpawnProcess | None] = [None] * len(self.slots)
         self.started: list[float] = [0.0] * len(self.slots)
@@ -121,6 +124,8 @@ class Supervisor:
                     worker.exitcode,
                     lived,
                 )
+                assert worker.pid is not None
+                self.lost(worker.pid)
                 if lived < RESPAWN_PAUSE_SECONDS:
                     time.sleep(RESPAWN_PAUSE_SECONDS)  # no hot loop when it cannot start
                 self._start(slot)

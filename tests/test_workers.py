@@ -115,6 +115,11 @@ def test_a_worker_that_dies_is_replaced_on_its_own_socket(start_shim: Callable[.
     with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as client:
         statuses = [client.get(f"{shim.url}/_shim/healthz").status_code for _ in range(40)]
     assert statuses == [200] * 40  # new connections land on both sockets, both served
+    # The dead worker's live gauges are gone: after a flip only Go serves embed.
+    assert "applied by 2/2 workers" in shim.cli("flags", "set", "embed", "go").stdout
+    text = httpx.get(f"{shim.admin_url}/metrics").text
+    assert 'shim_flag_serving{backend="rust",endpoint="embed"} 0.0' in text, text
+    assert 'shim_flag_serving{backend="go",endpoint="embed"} 1.0' in text
 
 
 def test_a_second_shim_on_the_same_port_is_refused(start_shim: Callable[..., Shim]) -> None:
