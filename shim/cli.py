@@ -244,9 +244,11 @@ def run_serve(args: argparse.Namespace) -> int:
     if (settings.host, settings.port) == (settings.admin_host, settings.admin_port):
         raise ConfigError("the admin listener needs its own port", key="admin_port")
     _prepare_metrics_dir(settings.resolved_metrics_dir())
+    from shim.supervisor import listening_socket
+
     lock = None
     if settings.workers == 1:
-        proxy_sockets = [_bind(settings.host, settings.port, "port")]
+        proxy_sockets = [listening_socket(settings.host, settings.port, key="port")]
     else:  # one socket per worker, so the kernel spreads connections (shim/supervisor.py)
         from shim.supervisor import address_lock, reuseport_sockets
 
@@ -256,7 +258,7 @@ def run_serve(args: argparse.Namespace) -> int:
             settings.host, settings.port, settings.workers, key="port"
         )
     proxy_socket = proxy_sockets[0]
-    admin_socket = _bind(settings.admin_host, settings.admin_port, "admin_port")
+    admin_socket = listening_socket(settings.admin_host, settings.admin_port, key="admin_port")
     # Spawned workers re-import the app and see only the environment.
     os.environ.update(
         {
@@ -341,20 +343,6 @@ def _prepare_metrics_dir(path: Path) -> None:
     except OSError as exc:
         raise ConfigError(f"cannot prepare {path}: {exc.strerror}", key="metrics_dir") from None
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path.resolve())
-
-
-def _bind(host: str, port: int, key: str) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}", key=key) from None
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
 
 
 # -- reference backends ----------------------------------------------------------------------

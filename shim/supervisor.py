@@ -37,24 +37,34 @@ multiprocessing.allow_connection_pickling()  # sockets travel to spawned workers
 _spawn = multiprocessing.get_context("spawn")
 
 
+def listening_socket(host: str, port: int, *, key: str, reuse_port: bool = False) -> socket.socket:
+    """A bound, listening, inheritable TCP socket; ConfigError naming `key` when it cannot be."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}", key=key) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
 def reuseport_sockets(host: str, port: int, count: int, *, key: str) -> list[socket.socket]:
     """`count` listening sockets on one address, in one SO_REUSEPORT group."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sockets: list[socket.socket] = []
     try:
         for _ in range(count):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((host, port))
-            port = sock.getsockname()[1]  # port 0: the others join the one chosen
-            sock.listen(2048)
-            sock.set_inheritable(True)
-    except OSError as exc:
+            sockets.append(listening_socket(host, port, key=key, reuse_port=True))
+            port = sockets[0].getsockname()[1]  # port 0: the others join the one chosen
+    except ConfigError:
         for sock in sockets:
             sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}", key=key) from None
+        raise
     return sockets
 
 
