@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import inspect
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import orjson
 
@@ -115,22 +116,6 @@ class ShimApp:
             )
         )
 
-    async def _flush_metrics(self) -> None:
-        while True:
-            await asyncio.sleep(metrics.FLUSH_SECONDS)
-            try:
-                metrics.flush()
-            except Exception:
-                log.exception("cannot publish request metrics; retrying in a second")
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(HEARTBEAT_SECONDS)
-            try:
-                await asyncio.to_thread(self._publish)
-            except Exception:
-                log.exception("cannot publish worker status; retrying in a second")
-
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Resources with one owner and one lifetime: pools, flag watcher, heartbeat."""
@@ -140,8 +125,14 @@ class ShimApp:
         await self.upstream.start()
         tasks = [
             asyncio.create_task(self.flags.watch(), name="flag-watcher"),
-            asyncio.create_task(self._heartbeat(), name="worker-heartbeat"),
-            asyncio.create_task(self._flush_metrics(), name="metrics-flush"),
+            asyncio.create_task(
+                every(HEARTBEAT_SECONDS, lambda: asyncio.to_thread(self._publish), "worker status"),
+                name="worker-heartbeat",
+            ),
+            asyncio.create_task(
+                every(metrics.FLUSH_SECONDS, metrics.flush, "request metrics"),
+                name="metrics-flush",
+            ),
             asyncio.create_task(self.guard.run(self.settings.guard_interval_seconds), name="guard"),
         ]
         # Everything alive now (modules, settings, routes, pools) lives as long as the worker:
@@ -181,6 +172,20 @@ class ShimApp:
             await send({"type": "lifespan.startup.failed", "message": str(exc)})
             raise
         await send({"type": "lifespan.shutdown.complete"})
+
+
+async def every(seconds: float, step: Callable[[], object], what: str) -> None:
+    """Run `step` (awaiting what it returns, if anything) every `seconds` for the worker's
+    life; a failure is logged and retried at the next tick, since a dead loop would leave the
+    worker silently stale."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            result = step()
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("cannot publish %s; retrying in %g s", what, seconds)
 
 
 async def _healthz(send: Send) -> None:
