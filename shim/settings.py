@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     connect_timeout: float = Field(2.0, gt=0)
     read_timeout: float = Field(30.0, gt=0)
     max_connections_per_backend: int = Field(256, ge=1)
+    # Below the backends' own keep-alive (uvicorn's default is 5 s, Go's net/http none,
+    # nginx 75 s), so the shim closes an idle connection before the backend can.
+    upstream_idle_seconds: float = Field(4.0, gt=0, le=300)
     flag_poll_seconds: float = Field(0.2, gt=0, le=1.0)
     flip_wait_seconds: float = Field(2.0, ge=0, le=30)
     metrics_dir: Path | None = None  # default: STATE_DIR/metrics; PROMETHEUS_MULTIPROC_DIR wins

@@ -7,14 +7,18 @@ with aiohttp, ~207 µs with httpx over an aiohttp transport and ~1,170 µs with 
 
 from __future__ import annotations
 
+import functools
 import time
 import zlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
 from multidict import CIMultiDict
 from yarl import URL
 
+from shim import metrics
 from shim.errors import BackendError, BackendTimeout, BackendUnreachable, BadBackendAnswer
 from shim.routes import Route
 from shim.settings import Settings
@@ -40,34 +44,67 @@ class PassThroughRequest(aiohttp.ClientRequest):
         self._skip_auto_headers = self._NEVER_ADDED
 
 
+class ErrorClosingProtocol(ResponseHandler):
+    """A backend connection that is never reused after a 5xx answer.
+
+    A backend in trouble is the one most likely to drop the connection just after it has
+    answered: uvicorn, for one, sends the app's 500 with keep-alive and then closes the
+    socket. Back in the pool, that connection would fail the *next* request — another
+    client's, maybe a chat that may not be retried. aiohttp hands each parsed answer to
+    `feed_data` before anyone reads it, and decides reuse from `should_close` when the
+    body ends: the one place to mark it.
+    """
+
+    def feed_data(self, data: Any, size: int = 0) -> None:
+        if data[0].code >= 500:
+            self.force_close()
+        super().feed_data(data, size)
+
+
+class BackendConnector(aiohttp.TCPConnector):
+    """aiohttp's pool with connections that are dropped after a 5xx answer."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        # aiohttp builds every connection's protocol from this factory; no public option.
+        self._factory = functools.partial(ErrorClosingProtocol, loop=self._loop)
+
+
+STALE_CONNECTION_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+"""What a pooled connection that the backend had already closed fails with, before any byte
+of the answer arrives. A connect error is not one of them (`ClientConnectorError` is a
+subclass of ClientOSError and is checked first)."""
+
+
 class Upstream:
-    """The backends' connection pools for one worker."""
+    """The backends' connection pools for one worker.
+
+    Per backend: the pool every request uses, and a second session whose connections are
+    never reused, for the one retry after a pooled connection turned out to be dead.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.base_urls: dict[Backend, str] = {b: settings.backend_url(b) for b in BACKENDS}
         self._sessions: dict[Backend, aiohttp.ClientSession] = {}
+        self._fresh: dict[Backend, aiohttp.ClientSession] = {}
         self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
 
     async def start(self) -> None:
+        limit = self.settings.max_connections_per_backend
         for backend in BACKENDS:
-            connector = aiohttp.TCPConnector(
-                limit=self.settings.max_connections_per_backend,
-                keepalive_timeout=30,
-                force_close=False,
+            # Idle connections are closed before the backend's own keep-alive timer can
+            # close them under a request we are just sending (upstream_idle_seconds).
+            pooled = BackendConnector(
+                limit=limit, keepalive_timeout=self.settings.upstream_idle_seconds
             )
-            self._sessions[backend] = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=False,  # pass-through keeps the backend's bytes and encoding
-                trust_env=False,  # the environment's proxy settings never apply
-                cookie_jar=aiohttp.DummyCookieJar(),  # never share one client's cookies
-                request_class=PassThroughRequest,
-                raise_for_status=False,
-            )
+            self._sessions[backend] = _session(pooled)
+            self._fresh[backend] = _session(BackendConnector(limit=limit, force_close=True))
 
     async def close(self) -> None:
-        sessions, self._sessions = self._sessions, {}
-        for session in sessions.values():
+        sessions = [*self._sessions.values(), *self._fresh.values()]
+        self._sessions, self._fresh = {}, {}
+        for session in sessions:
             await session.close()
 
     def request(
@@ -85,6 +122,41 @@ class Upstream:
         Await it for the response (headers read), or use it as an async context manager.
         """
         return self._sessions[backend].request(
+            method,
+            url,
+            headers=headers,
+            data=data,
+            allow_redirects=False,
+            timeout=self.timeout(route),
+        )
+
+    async def send(
+        self,
+        backend: Backend,
+        route: Route,
+        method: str,
+        url: URL,
+        *,
+        headers: list[tuple[str, str]],
+        data: bytes | AsyncIterator[bytes] | None,
+        replayable: bool,
+    ) -> aiohttp.ClientResponse:
+        """`request`, awaited for the answer's headers; when `replayable` (the request may be
+        repeated and its body is at hand), a pooled connection that fails before any byte
+        of the answer arrives is retried once on a new connection.
+
+        The caller releases or closes the response. aiohttp itself retries only GET, HEAD,
+        OPTIONS, TRACE, PUT and DELETE this way; our idempotent routes are mostly POSTs.
+        """
+        try:
+            return await self.request(backend, route, method, url, headers=headers, data=data)
+        except aiohttp.ClientConnectorError:
+            raise  # nothing was sent: a connect error is the backend's, not a stale pool's
+        except STALE_CONNECTION_ERRORS:
+            if not replayable:
+                raise
+        metrics.count(metrics.UPSTREAM_RETRIES, backend)
+        return await self._fresh[backend].request(
             method,
             url,
             headers=headers,
@@ -118,6 +190,17 @@ class Upstream:
             timeout = aiohttp.ClientTimeout(total=key[2], sock_connect=key[0], sock_read=key[1])
             self._timeouts[key] = timeout
         return timeout
+
+
+def _session(connector: aiohttp.BaseConnector) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,  # pass-through keeps the backend's bytes and encoding
+        trust_env=False,  # the environment's proxy settings never apply
+        cookie_jar=aiohttp.DummyCookieJar(),  # never share one client's cookies
+        request_class=PassThroughRequest,
+        raise_for_status=False,
+    )
 
 
 class translate_errors:  # used like a function: `with translate_errors(backend, url):`
