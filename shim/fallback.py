@@ -1,18 +1,21 @@
 """Cross-dialect fallback: when may a failed request be retried on the other backend?
 
 Only idempotent requests whose body is still at hand (not streamed away), before the
-client has seen anything, when the failure is a connect error, a timeout or a 502/503/504
-answer, and within a retry budget: a token bucket that earns `ratio` of a token per
-request and spends one per fallback, so retries stay a bounded share of traffic.
+client has seen anything, when the failure is a connect error, a timeout or one of the
+route's `fallback_on` answers (default 500, 502, 503, 504), and within a retry budget.
+
+The budget is a token bucket that earns `ratio` of a token per request and spends one per
+fallback; a fallback that the other backend answers well gives its token back. So while the
+other backend is healthy every failure is rescued (during a cutover that is Rust, which
+carried all of this traffic before), and when it fails too, retries stay a bounded share of
+traffic instead of doubling the load on two failing backends.
 """
 
 from __future__ import annotations
 
-RETRY_STATUSES = frozenset({502, 503, 504})
-
 
 class RetryBudget:
-    """At most `ratio` fallbacks per request over time, plus a `burst` to start with.
+    """At most `ratio` unsuccessful fallbacks per request over time, plus a `burst`.
 
     One per worker, used only from its event loop's thread: no lock needed.
     """
@@ -36,9 +39,15 @@ class RetryBudget:
         self._tokens -= 1.0
         return True
 
+    def refund(self) -> None:
+        """The fallback was answered without a failure: it cost the other backend nothing
+        it could not take, so it does not count against the budget."""
+        self._tokens = min(self.burst, self._tokens + 1.0)
+
 
 class FallbackStatus(Exception):
-    """The backend answered 502/503/504 and the request will be retried elsewhere."""
+    """The backend answered one of the route's `fallback_on` statuses; the request will be
+    retried on the other backend."""
 
     def __init__(self, status: int) -> None:
         super().__init__(f"status {status}")

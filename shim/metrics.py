@@ -48,8 +48,14 @@ LATENCY = Histogram(
 )
 UPSTREAM_ERRORS = Counter(
     "shim_upstream_errors_total",
-    "Backend failures, by backend and kind (unreachable, timeout, bad answer).",
+    "Backend failures, rescued by a fallback or not, by backend and kind (backend_unreachable, "
+    "backend_timeout, bad_backend_answer, backend_error, status_5xx).",
     ["backend", "kind"],
+)
+UPSTREAM_RETRIES = Counter(
+    "shim_upstream_retries_total",
+    "Requests sent again on a new connection after a pooled one failed before any answer.",
+    ["backend"],
 )
 TRANSLATIONS = Counter(
     "shim_translations_total",

@@ -37,7 +37,7 @@ from shim.errors import (
     PayloadTooLarge,
     ShimError,
 )
-from shim.fallback import RETRY_STATUSES, FallbackStatus, RetryBudget
+from shim.fallback import FallbackStatus, RetryBudget
 from shim.flags import FlagView
 from shim.guard import Guard
 from shim.routes import RouteMatch, RouteTable
@@ -160,7 +160,12 @@ class Proxy:
                 receive, limit=self.max_json_bytes, declared=request.content_length
             )
         else:
-            body = await request_body(receive, ex.method)
+            body = await request_body(
+                receive,
+                ex.method,
+                limit=self.max_json_bytes if route.json_body else None,
+                declared=request.content_length,
+            )
         capture = None
         if self.flags.shadowing(route.name) and self.shadower.wanted(route, ex.method):
             capture = Capture(
@@ -212,6 +217,8 @@ class Proxy:
             ex.fallback, ex.backend = f"{backend}->{other}", other
             call.capture = None  # a fallback answer is not a shadow comparison
             await self._attempt(call, other)
+            if ex.status < 500:
+                self.budget.refund()
 
     def _choose(self, endpoint: str, caller: str) -> Backend:
         """The flag's backend, or the caller's sticky canary side when a percent is set."""
@@ -222,9 +229,18 @@ class Proxy:
 
     def _may_fall_back(self, call: Call) -> bool:
         """Idempotent, both backends, body still at hand, SQL only read-only, budget left."""
+        return (
+            self._replayable(call, count=True)
+            and not call.match.route.go_only
+            and self.budget.available()
+        )
+
+    def _replayable(self, call: Call, *, count: bool = False) -> bool:
+        """May this request be sent again: idempotent, body at hand, SQL only read-only."""
         route, ex = call.match.route, call.ex
-        if not route.may_fall_back(ex.method) or not isinstance(call.body, bytes | None):
-            metrics.FALLBACKS_DENIED.labels(route.name, "not_retryable").inc()
+        if ex.method not in route.idempotent_methods or not isinstance(call.body, bytes | None):
+            if count:
+                metrics.FALLBACKS_DENIED.labels(route.name, "not_retryable").inc()
             return False
         if route.read_only_sql:
             try:
@@ -232,9 +248,10 @@ class Proxy:
             except orjson.JSONDecodeError:
                 statement = None
             if statement is None or not is_read_only(statement):
-                metrics.FALLBACKS_DENIED.labels(route.name, "not_read_only").inc()
+                if count:
+                    metrics.FALLBACKS_DENIED.labels(route.name, "not_read_only").inc()
                 return False
-        return self.budget.available()
+        return True
 
     async def _attempt(self, call: Call, backend: Backend) -> None:
         """One try on `backend`; the guard hears how Go did."""
@@ -251,14 +268,20 @@ class Proxy:
                 await self._translate(call, backend)
             else:
                 await self._stream(call, backend)
-        except (BackendError, FallbackStatus):
+        except (BackendError, FallbackStatus) as failure:
+            if isinstance(call.body, CappedStream) and call.body.refused is not None:
+                raise call.body.refused from None  # the client's fault, not the backend's
+            kind = failure.code if isinstance(failure, BackendError) else "status_5xx"
+            metrics.count(metrics.UPSTREAM_ERRORS, backend, kind)  # rescued by fallback or not
             if backend == "go":
                 self.guard.observe(route.name, ok=False, seconds=time.perf_counter() - started)
             raise
         finally:
             self.inflight[backend] -= 1
+        ok = call.ex.status < 500
+        if not ok:
+            metrics.count(metrics.UPSTREAM_ERRORS, backend, "status_5xx")
         if backend == "go":
-            ok = call.ex.status < 500
             self.guard.observe(route.name, ok=ok, seconds=time.perf_counter() - started)
 
     def _url(self, match: RouteMatch, backend: Backend, scope: Scope) -> URL:
@@ -282,12 +305,19 @@ class Proxy:
         if not isinstance(body, bytes | None) and call.request.content_length is not None:
             # The body is passed on unchanged, so the client's length still frames it.
             forward = [*forward, ("Content-Length", str(call.request.content_length))]
+        route = call.match.route
         with translate_errors(backend, url):
-            response = await self.upstream.request(
-                backend, call.match.route, ex.method, url, headers=forward, data=body
+            response = await self.upstream.send(
+                backend,
+                route,
+                ex.method,
+                url,
+                headers=forward,
+                data=body,
+                replayable=self._replayable(call),
             )
         try:
-            if response.status in RETRY_STATUSES and self._may_fall_back(call):
+            if response.status in route.fallback_on and self._may_fall_back(call):
                 raise FallbackStatus(response.status)
             response_headers = header_policy.backend_response(response.raw_headers, rewrite=False)
             response_headers += header_policy.shim_headers(
@@ -350,13 +380,22 @@ class Proxy:
         url = self._url(match, backend, call.scope)
         forward = header_policy.for_rewrite(call.request.forward)
         with translate_errors(backend, url):
-            async with self.upstream.request(
-                backend, route, ex.method, url, headers=forward, data=payload
-            ) as response:
+            response = await self.upstream.send(
+                backend,
+                route,
+                ex.method,
+                url,
+                headers=forward,
+                data=payload,
+                replayable=self._replayable(call),
+            )
+            try:
                 answer = await read_backend_body(response, limit=self.max_backend_json_bytes)
-                raw_headers = response.raw_headers
-                status = response.status
-        if status in RETRY_STATUSES and self._may_fall_back(call):
+            finally:
+                response.release()  # read whole, or failed: aiohttp closes a broken one
+            raw_headers = response.raw_headers
+            status = response.status
+        if status in route.fallback_on and self._may_fall_back(call):
             raise FallbackStatus(status)
         if capture is not None:
             capture.keep_answer(answer)
@@ -477,14 +516,26 @@ def _tee_request(body: Body, capture: Capture) -> Body:
     return copying()
 
 
-async def request_body(receive: Receive, method: str) -> Body:
-    """The client's body: bytes when it came in one message, else a stream of chunks."""
+async def request_body(
+    receive: Receive, method: str, *, limit: int | None, declared: int | None
+) -> Body:
+    """The client's body: bytes when it came in one message, else a stream of chunks.
+
+    With a `limit` (JSON routes), a body declared larger is refused before anything is
+    sent on, and a streamed one once it passes the limit (`CappedStream`).
+    """
+    if limit is not None and declared is not None and declared > limit:
+        raise _too_large(limit)
     message = await receive()
     if message["type"] == "http.disconnect":
         raise ClientDisconnected
     first = message.get("body", b"")
     if not message.get("more_body", False):
+        if limit is not None and len(first) > limit:
+            raise _too_large(limit)
         return None if not first and method in BODYLESS_METHODS else first
+    if limit is not None:
+        return CappedStream(first, receive, limit)
     return _stream_rest(first, receive)
 
 
@@ -500,6 +551,33 @@ async def _stream_rest(first: bytes, receive: Receive) -> AsyncIterator[bytes]:
             yield chunk
         if not message.get("more_body", False):
             return
+
+
+class CappedStream:
+    """A streamed request body that stops at `limit` bytes.
+
+    Past it, the stream raises inside aiohttp's body writer, which aborts the upstream
+    exchange (the connection is closed, never reused); aiohttp reports that as a failed
+    send, so the proxy looks at `refused` and answers the client 413 instead of a 502.
+    """
+
+    __slots__ = ("first", "limit", "receive", "refused")
+
+    def __init__(self, first: bytes, receive: Receive, limit: int) -> None:
+        self.first, self.receive, self.limit = first, receive, limit
+        self.refused: PayloadTooLarge | None = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        size = 0
+        async for chunk in _stream_rest(self.first, self.receive):
+            size += len(chunk)
+            if size > self.limit:
+                self.refused = _too_large(self.limit)
+                raise self.refused
+            yield chunk
 
 
 async def read_body(receive: Receive, *, limit: int, declared: int | None) -> bytes:
@@ -625,16 +703,12 @@ async def send_error(send: Send, exc: ShimError, ex: Exchange) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-BACKEND_FAILURES = frozenset(
-    {"backend_error", "backend_unreachable", "bad_backend_answer", "backend_timeout"}
-)
 CLIENT_BODY_FAILURES = frozenset({"bad_json", "bad_shape"})
 
 
 def observe_failure(ex: Exchange) -> None:
-    """Count a failed exchange as an upstream error and/or a translation failure."""
-    if ex.error in BACKEND_FAILURES and ex.backend:
-        metrics.UPSTREAM_ERRORS.labels(ex.backend, ex.error).inc()
+    """Count a failed translation (backend failures are counted per attempt, in `_attempt`,
+    so a failure that a fallback rescued is counted too)."""
     if ex.translated and ex.endpoint:
         if ex.error in CLIENT_BODY_FAILURES:
             metrics.TRANSLATION_FAILURES.labels(ex.endpoint, "client").inc()

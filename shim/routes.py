@@ -26,8 +26,10 @@ READ_ONLY: Literal["read-only"] = "read-only"
 _PARAMETER = re.compile(r"\{([a-z_][a-z0-9_]*)(:path)?\}")
 _ROUTE_KEYS = frozenset(
     {"adapter", "default", "idempotent", "rust", "go", "options", "parity", "guard"}
-    | {"connect_timeout", "read_timeout", "total_timeout"}
+    | {"connect_timeout", "read_timeout", "total_timeout", "fallback_on", "body"}
 )
+DEFAULT_FALLBACK_ON = frozenset({500, 502, 503, 504})
+BODY_KINDS = ("json", "bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,8 @@ class Route:
     total_timeout: float | None = None
     parity: ParityPolicy = ParityPolicy()
     guard: GuardPolicy = GuardPolicy()
+    fallback_on: frozenset[int] = DEFAULT_FALLBACK_ON
+    json_body: bool = True  # request bodies are JSON, capped by max_json_bytes; else bytes
 
     @property
     def go_only(self) -> bool:
@@ -105,11 +109,6 @@ class Route:
 
     def may_shadow(self, method: str) -> bool:
         return method in self.idempotent_methods
-
-    def may_fall_back(self, method: str) -> bool:
-        """Retry on the other backend: idempotent, both backends, SQL only read-only
-        (checked by the proxy, which has the statement)."""
-        return not self.go_only and method in self.idempotent_methods
 
     def needs_rewrite(self, client: Backend, backend: Backend) -> bool:
         """The one decision between streaming bytes untouched and parsing the body."""
@@ -235,7 +234,29 @@ def _parse_route(name: str, spec: Any) -> Route:
         total_timeout=_seconds(spec, "total_timeout", key),
         parity=_parse_parity(spec.get("parity", {}), adapter_name, f"{key}.parity"),
         guard=_parse_guard(spec.get("guard", {}), f"{key}.guard"),
+        fallback_on=_parse_fallback_on(spec.get("fallback_on"), f"{key}.fallback_on"),
+        json_body=_parse_body(spec.get("body", "json"), adapter is not None, f"{key}.body"),
     )
+
+
+def _parse_fallback_on(value: Any, key: str) -> frozenset[int]:
+    """The backend answers that send an idempotent request to the other backend."""
+    if value is None:
+        return DEFAULT_FALLBACK_ON
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 500 <= v <= 599 for v in value
+    ):
+        raise ConfigError("must be a list of 5xx statuses, e.g. [500, 502, 503, 504]", key=key)
+    return frozenset(value)
+
+
+def _parse_body(value: Any, has_adapter: bool, key: str) -> bool:
+    """True for JSON request bodies (capped by max_json_bytes), False for streamed bytes."""
+    if value not in BODY_KINDS:
+        raise ConfigError(f"must be one of {', '.join(BODY_KINDS)}", key=key)
+    if value == "bytes" and has_adapter:
+        raise ConfigError("a route with an adapter translates JSON: it cannot be bytes", key=key)
+    return value == "json"
 
 
 def _parse_guard(spec: Any, key: str) -> GuardPolicy:
