@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from shim.jsonl import read_records
+from shim.jsonl import append_lines, read_lines, read_records
 from shim.routes import Route, RouteTable
 
 PARITY_DIR = "parity"
@@ -36,6 +36,7 @@ class ParityStore:
 
     def __init__(self, state_dir: Path) -> None:
         self.directory = state_dir / PARITY_DIR
+        self.unreadable = 0  # lines that were not samples, in the last `samples()`
 
     def append(self, record: Mapping[str, Any]) -> None:
         """Append one sample to this process's file (rotating it when large)."""
@@ -50,10 +51,7 @@ class ParityStore:
         lines = b"".join(
             orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for record in records
         )
-        with path.open("ab") as file:
-            file.write(lines)
-            size = file.tell()
-        if size > MAX_FILE_BYTES:
+        if append_lines(path, lines) > MAX_FILE_BYTES:
             os.replace(path, path.with_name(path.name + ".1"))
 
     def samples(self, *, window_seconds: float) -> list[dict[str, Any]]:
@@ -62,14 +60,17 @@ class ParityStore:
             return []
         cutoff = time.time() - window_seconds
         records = []
+        self.unreadable = 0
         for path in self.directory.glob("*.jsonl*"):
             try:
                 if path.stat().st_mtime < cutoff:
                     continue
             except OSError:
                 continue
-            records.extend(r for r in read_records(path) if r.get("ts", 0) >= cutoff)
-        records.sort(key=lambda r: r.get("ts", 0))
+            lines = read_lines(path)
+            self.unreadable += lines.unreadable
+            records.extend(r for r in lines.records if _timestamp(r) >= cutoff)
+        records.sort(key=_timestamp)
         return records
 
     def forget(self, endpoint: str | None = None) -> int:
@@ -82,6 +83,12 @@ class ParityStore:
             dropped += len(records) - len(keep)
             path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in keep))
         return dropped
+
+
+def _timestamp(record: Mapping[str, Any]) -> float:
+    """A sample's time; a record whose `ts` is not a number is too old to count."""
+    ts = record.get("ts", 0)
+    return ts if isinstance(ts, int | float) else 0.0
 
 
 @dataclass
