@@ -101,6 +101,8 @@ def change_document(change: Change) -> dict[str, Any]:
         "actor": change.after.actor,
         "reason": change.after.reason,
         "forced": change.forced,
+        "gate": change.gate,
+        "recovered": change.recovery.to_dict() if change.recovery else None,
     }
 
 

@@ -22,7 +22,7 @@ from shim import logs, metrics
 from shim.admin import AdminContext, build_admin
 from shim.edge import EdgeGuard
 from shim.errors import NotFound
-from shim.flags import FlagState, FlagStore, FlagView, check_pins
+from shim.flags import FlagState, FlagStore, FlagView, check_pins, served_by, state_document
 from shim.guard import Guard
 from shim.parity import ParityStore
 from shim.proxy import Exchange, Proxy, send_error
@@ -51,8 +51,10 @@ class ShimApp:
         self.routes = routes
         self.pid = os.getpid()
         self.started = time.time()
-        self.store = FlagStore(settings.state_dir, routes, settings.pin)
         self.workers = WorkerRegistry(settings.state_dir)
+        self.store = FlagStore(
+            settings.state_dir, routes, settings.pin, served=served_by(self.workers, routes)
+        )
         self.flags = FlagView(
             self.store,
             poll_seconds=settings.flag_poll_seconds,
@@ -113,6 +115,8 @@ class ShimApp:
                 heartbeat=time.time(),
                 started=self.started,
                 pins=dict(self.settings.pin),
+                state=state_document(self.flags.state),
+                parity_gate=self.settings.parity_gate,
             )
         )
 

@@ -23,19 +23,21 @@ from adapters.registry import LOSS_DESCRIPTIONS
 from shim import __version__
 from shim.errors import ConfigError, FlagError, ShimError, UnknownEndpoint
 from shim.flags import (
+    AUDIT_FILE,
     Flag,
     FlagStateError,
     FlagStore,
+    audit_lines,
     check_pins,
     cli_actor,
     pin_conflicts,
-    read_audit,
     resolve,
+    served_by,
 )
 from shim.routes import GO_PREFIX, RouteTable, load_routes
 from shim.settings import Settings, load_settings
 from shim.types import Backend
-from shim.workers import WorkerRegistry
+from shim.workers import WorkerRegistry, WorkerStatus
 
 if TYPE_CHECKING:
     import uvicorn
@@ -379,20 +381,50 @@ def _operator_view(
     args: argparse.Namespace,
 ) -> tuple[Settings, RouteTable, FlagStore, WorkerRegistry]:
     """The store as an operator's command sees it: pins from this environment and from every
-    running worker (a systemd drop-in's pin is in the service's environment, not ours)."""
+    running worker (a systemd drop-in's pin is in the service's environment, not ours), and
+    the parity gate as the running shim serves with it."""
     settings, routes = _load(args)
     registry = WorkerRegistry(settings.state_dir)
+    workers = registry.live()
     pins: dict[str, Backend] = dict(settings.pin)
-    for worker in registry.live():
+    for worker in workers:
         pins.update({k: v for k, v in worker.pins.items() if v in ("rust", "go")})  # type: ignore[misc]
-    return settings, routes, FlagStore(settings.state_dir, routes, pins), registry
+    store = FlagStore(settings.state_dir, routes, pins, served=served_by(registry, routes))
+    return _deployment_gate(settings, workers), routes, store, registry
+
+
+def _deployment_gate(settings: Settings, workers: list[WorkerStatus]) -> Settings:
+    """The parity gate of the running shim wins over this shell's: a safety policy is the
+    deployment's, not whoever types the command (on if any worker has it on)."""
+    published = [w.parity_gate for w in workers if w.parity_gate is not None]
+    if not published:
+        return settings  # nothing running: this environment is the deployment
+    deployed = any(published)
+    if deployed != settings.parity_gate:
+        print(
+            f"note: this shell has parity_gate={str(settings.parity_gate).lower()} but the "
+            f"running shim serves with it {'on' if deployed else 'off'}; following the "
+            "deployment",
+            file=sys.stderr,
+        )
+    return settings.model_copy(update={"parity_gate": deployed})
+
+
+def _gate_setting(registry: WorkerRegistry) -> str:
+    """Where the gate setting in force comes from, for the audit record."""
+    if any(w.parity_gate is not None for w in registry.live()):
+        return "the running shim's parity_gate=false (SHIM_PARITY_GATE)"
+    return "SHIM_PARITY_GATE=false in the operator's environment, no shim running"
 
 
 def run_flags_table(args: argparse.Namespace) -> int:
     if args.history is not None:
         return run_flags_history(args)
     _, routes, store, registry = _operator_view(args)
-    state = store.read()
+    state, problem = store.read_or_last_good()
+    if problem is not None:
+        print(f"warning: {problem.message}", file=sys.stderr)
+        print("showing the last good state the shim knows:", file=sys.stderr)
     rows = [("ENDPOINT", "SERVE", "SHADOW", "CANARY%", "PINNED BY", "SOURCE", "LAST CHANGE")]
     for name in routes.routes:
         effective = resolve(state, routes, store.pins, name)
@@ -422,15 +454,25 @@ def run_flags_history(args: argparse.Namespace) -> int:
     endpoint = args.history or None
     if endpoint is not None and endpoint not in routes:
         raise UnknownEndpoint(f"no endpoint {endpoint!r} in the route table")
-    records = read_audit(settings.state_dir, endpoint)[-args.limit :]
+    trail = audit_lines(settings.state_dir, endpoint)
+    if trail.unreadable:
+        print(
+            f"warning: {trail.unreadable} unreadable line(s) in "
+            f"{settings.state_dir / AUDIT_FILE} skipped",
+            file=sys.stderr,
+        )
+    records = trail.records[-args.limit :]
     if not records:
         print("no flag changes recorded yet")
         return 0
     rows = [("TIME", "GEN", "ENDPOINT", "CHANGE", "ACTOR", "REASON")]
     for record in records:
         change = f"{_describe_settings(record['before'])} -> {_describe_settings(record['after'])}"
+        gate = record.get("gate")
         if record.get("forced"):
             change += " (forced)"
+        elif isinstance(gate, dict) and gate.get("decision") == "off":
+            change += " (gate off)"
         rows.append(
             (
                 record["time"],
@@ -477,6 +519,7 @@ def run_flags_set(args: argparse.Namespace) -> int:
         reason=args.reason,
         force=args.force,
         dry_run=args.dry_run,
+        gate_setting=_gate_setting(registry),
     )
     if args.dry_run:
         print(
@@ -488,11 +531,15 @@ def run_flags_set(args: argparse.Namespace) -> int:
         for warning in decision.warnings:
             print(f"  warning: {warning}")
         print(f"  gate: {'allows' if decision.allowed else 'refuses'}: {decision.reason}")
+        if not decision.allowed and args.force:
+            print("  --force: the change would go through, recorded as forced in the audit trail")
         print("nothing changed")
-        return 0 if decision.allowed else EXIT_REFUSED
+        return 0 if decision.allowed or args.force else EXIT_REFUSED
     if change is None:
         print(f"{args.endpoint}: already {_describe(decision.current)}; nothing changed")
         return 0
+    if change.recovery is not None:
+        print(f"warning: {change.recovery.summary()}", file=sys.stderr)
     if change.forced:
         print(
             f"forced past the parity gate (recorded in the audit trail): {decision.reason}",
@@ -511,6 +558,8 @@ def run_rollback(args: argparse.Namespace) -> int:
     if not changes:
         print("nothing to roll back: every named endpoint is already on rust")
         return 0
+    if changes[0].recovery is not None:
+        print(f"warning: {changes[0].recovery.summary()}", file=sys.stderr)
     for change in changes:
         print(
             f"{change.endpoint}: {_describe(change.before)} -> {_describe(change.after)} "
@@ -597,9 +646,13 @@ def run_parity(args: argparse.Namespace) -> int:
     from shim.parity import ParityStore, markdown, table, verdicts
 
     settings, routes = _load(args)
-    records = ParityStore(settings.state_dir).samples(
-        window_seconds=settings.parity_window_hours * 3600
-    )
+    parity = ParityStore(settings.state_dir)
+    records = parity.samples(window_seconds=settings.parity_window_hours * 3600)
+    if parity.unreadable:
+        print(
+            f"warning: {parity.unreadable} unreadable line(s) in {parity.directory} skipped",
+            file=sys.stderr,
+        )
     results = verdicts(routes, records)
     if args.endpoint:
         if args.endpoint not in results:

@@ -6,6 +6,11 @@ crash mid-write never leaves a torn file and two writers never lose an update. E
 appends one line to `audit.jsonl`. Workers poll the file's identity (a `stat`, no read) and
 reload it in a thread when it changes; a file that fails to load is never served: the
 worker keeps its last good state. Precedence: environment pin > file > route default.
+
+A corrupt or unreadable file never locks an operator out: a write over it keeps the bad
+file aside (`flags.json.corrupt-<time>`) and starts from the last good state known — what
+the running workers serve, else the copy kept at every write (`flags.last-good.json`), else
+the route table's defaults — and says which in its output and audit record.
 """
 
 from __future__ import annotations
@@ -26,13 +31,15 @@ from typing import Any
 import orjson
 
 from shim.errors import ConfigError, FlagPinned, FlagRefused, ShimError, UnknownEndpoint
-from shim.jsonl import read_records
+from shim.jsonl import Lines, append_lines, read_lines
 from shim.routes import RouteTable
 from shim.types import BACKENDS, Backend
+from shim.workers import WorkerRegistry
 
 log = logging.getLogger("shim.flags")
 
 FLAGS_FILE = "flags.json"
+LAST_GOOD_FILE = "flags.last-good.json"
 AUDIT_FILE = "audit.jsonl"
 LOCK_FILE = "flags.lock"
 FORMAT_VERSION = 1
@@ -42,6 +49,14 @@ class FlagStateError(ShimError):
     """The flag file exists but cannot be used (corrupt, half-written, wrong format)."""
 
     code = "flag_state_corrupt"
+
+
+def repair_hint(path: Path) -> str:
+    return (
+        f"the workers keep serving their last good flags; any write repairs {path} and keeps "
+        "the bad file aside: `shim flags set ENDPOINT rust|go` or `shim rollback` "
+        "(see the last good state with `shim flags`)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +94,26 @@ class EffectiveFlag:
 
 
 @dataclass(frozen=True, slots=True)
+class Recovery:
+    """A write that found the flag file unusable, and where it started from instead."""
+
+    problem: str
+    kept_aside: str | None  # the bad file's new name, when there was a file to keep
+    source: str  # "workers", "last good copy" or "route defaults"
+    generation: int
+
+    def summary(self) -> str:
+        kept = f"kept aside as {self.kept_aside}" if self.kept_aside else "nothing to keep"
+        return (
+            f"the flag file was not a valid state ({self.problem}); {kept}; started from "
+            f"the {self.source} (generation {self.generation})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"problem": self.problem, "kept_aside": self.kept_aside, "from": self.source}
+
+
+@dataclass(frozen=True, slots=True)
 class Change:
     """One audited change of one endpoint."""
 
@@ -87,6 +122,8 @@ class Change:
     after: Flag
     generation: int
     forced: bool = False
+    gate: Mapping[str, Any] | None = None  # the parity gate's decision, for moves to Go
+    recovery: Recovery | None = None
 
 
 def pin_variable(endpoint: str) -> str:
@@ -130,10 +167,27 @@ def pin_conflicts(state: FlagState, routes: RouteTable, pins: Mapping[str, Backe
     return warnings
 
 
+def state_document(state: FlagState) -> dict[str, Any]:
+    """The flag file's content (and what workers publish as the state they serve)."""
+    return {
+        "version": FORMAT_VERSION,
+        "generation": state.generation,
+        "flags": {name: asdict(flag) for name, flag in sorted(state.flags.items())},
+    }
+
+
 def parse_state(raw: bytes, routes: RouteTable) -> FlagState:
     """Parse the flag file; FlagStateError on anything that is not a complete, valid state."""
     try:
         document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise FlagStateError(f"flag file is not a valid state: {exc}") from None
+    return state_from_document(document, routes)
+
+
+def state_from_document(document: Any, routes: RouteTable) -> FlagState:
+    """A parsed `state_document`; FlagStateError when it is not a complete, valid state."""
+    try:
         if document.get("version") != FORMAT_VERSION:
             raise ValueError(f"unsupported format version {document.get('version')!r}")
         generation = document["generation"]
@@ -147,27 +201,108 @@ def parse_state(raw: bytes, routes: RouteTable) -> FlagState:
             if endpoint in routes:  # an endpoint dropped from the route table is ignored
                 flags[endpoint] = flag
         return FlagState(generation, flags)
-    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise FlagStateError(f"flag file is not a valid state: {exc}") from None
+
+
+ServedStates = Callable[[], list[FlagState]]
+"""The states running workers say they serve, for recovery (`served_by`)."""
+
+
+def served_by(registry: WorkerRegistry, routes: RouteTable) -> ServedStates:
+    """The flag states that the live workers of `registry` publish with their heartbeat."""
+
+    def states() -> list[FlagState]:
+        found = []
+        for worker in registry.live():
+            if worker.state is not None:  # a worker of an older version publishes none
+                with contextlib.suppress(FlagStateError):
+                    found.append(state_from_document(worker.state, routes))
+        return found
+
+    return states
 
 
 class FlagStore:
     """Reads and writes the flag file; the only writer of `flags.json` and `audit.jsonl`."""
 
-    def __init__(self, state_dir: Path, routes: RouteTable, pins: Mapping[str, Backend]) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        routes: RouteTable,
+        pins: Mapping[str, Backend],
+        *,
+        served: ServedStates | None = None,
+    ) -> None:
         self.state_dir = state_dir
         self.routes = routes
         self.pins = dict(pins)
+        self.served = served
         self.path = state_dir / FLAGS_FILE
+        self.last_good_path = state_dir / LAST_GOOD_FILE
         self.audit_path = state_dir / AUDIT_FILE
 
     def read(self) -> FlagState:
-        """The current state (an absent file is the empty state at generation 0)."""
+        """The current state (an absent file is the empty state at generation 0).
+
+        FlagStateError, naming the file and how to repair it, when it cannot be used.
+        """
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return FlagState()
-        return parse_state(raw, self.routes)
+        except OSError as exc:
+            raise FlagStateError(
+                f"{self.path} cannot be read ({exc.strerror}); {repair_hint(self.path)}"
+            ) from None
+        try:
+            return parse_state(raw, self.routes)
+        except FlagStateError as exc:
+            raise FlagStateError(f"{self.path}: {exc.message}; {repair_hint(self.path)}") from None
+
+    def last_good(self) -> tuple[FlagState, str]:
+        """The best state known when the file is unusable, and where it came from."""
+        served = self.served() if self.served else []
+        if served:
+            return max(served, key=lambda state: state.generation), "workers"
+        try:
+            return parse_state(self.last_good_path.read_bytes(), self.routes), "last good copy"
+        except (OSError, FlagStateError):
+            pass
+        log.warning(
+            "no last good flag state (no running worker, no valid %s): starting from the "
+            "route table's defaults",
+            self.last_good_path,
+        )
+        return FlagState(), "route defaults"
+
+    def read_or_last_good(self) -> tuple[FlagState, FlagStateError | None]:
+        """The current state, or when the file is unusable the last good one and why."""
+        try:
+            return self.read(), None
+        except FlagStateError as exc:
+            return self.last_good()[0], exc
+
+    def _read_for_write(self) -> tuple[FlagState, Recovery | None]:
+        """Under the lock: the state to change; an unusable file is kept aside first."""
+        try:
+            return self.read(), None
+        except FlagStateError as exc:
+            problem = exc.message.split("; ", 1)[0]
+        state, source = self.last_good()
+        kept_aside = None
+        with contextlib.suppress(FileNotFoundError):
+            stamp = now_iso().replace(":", "")
+            aside = self.path.with_name(f"{FLAGS_FILE}.corrupt-{stamp}")
+            os.replace(self.path, aside)
+            kept_aside = str(aside)
+        # Past every generation the workers have seen, so each of them applies the repair.
+        served = self.served() if self.served else []
+        newest = max([state.generation, *(s.generation for s in served)])
+        state = FlagState(newest, state.flags)
+        recovery = Recovery(problem, kept_aside, source, state.generation)
+        log.warning("flag write: %s", recovery.summary())
+        return state, recovery
 
     def effective(self, endpoint: str, state: FlagState | None = None) -> EffectiveFlag:
         return resolve(state or self.read(), self.routes, self.pins, endpoint)
@@ -186,7 +321,7 @@ class FlagStore:
         that cannot be, a bad percent) or FlagPinned (an environment pin fixes the backend).
         """
         self._check(endpoint, serve, percent, shadow)
-        return self._plan(self.read(), endpoint, serve, shadow, percent)
+        return self._plan(self.read_or_last_good()[0], endpoint, serve, shadow, percent)
 
     def _plan(
         self,
@@ -215,20 +350,28 @@ class FlagStore:
         actor: str,
         reason: str | None = None,
         forced: bool = False,
+        gate: Mapping[str, Any] | None = None,
     ) -> Change | None:
-        """Change one endpoint's flag (fields left out keep their value); None if no change.
+        """Change one endpoint's flag (fields left out keep their value); None if no change
+        (unless the file had to be repaired: a repair is always written).
 
-        Raises as `plan` does. The parity gate is not checked here: see `shim.gate`.
+        Raises as `plan` does. The parity gate is not checked here (see `shim.gate`), but
+        its decision is recorded with the change.
         """
         self._check(endpoint, serve, percent, shadow)
         with self._locked():
-            state = self.read()
+            state, recovery = self._read_for_write()
             current, proposed = self._plan(state, endpoint, serve, shadow, percent)
-            if proposed.settings() == current.settings():
+            if proposed.settings() == current.settings() and recovery is None:
                 return None
             after = replace(proposed, changed_at=now_iso(), actor=actor, reason=reason)
             changes = self._commit(
-                state, {endpoint: after}, before={endpoint: current}, forced=forced
+                state,
+                {endpoint: after},
+                before={endpoint: current},
+                forced=forced,
+                gate=gate,
+                recovery=recovery,
             )
         return changes[0]
 
@@ -245,18 +388,18 @@ class FlagStore:
         for name in names:
             self._check(name, "rust", ...)
         with self._locked():
-            state = self.read()
+            state, recovery = self._read_for_write()
             before = {n: resolve(state, self.routes, self.pins, n) for n in names}
             updates = {}
             for name, effective in before.items():
                 current = effective.runtime or effective.flag
                 target = Flag("rust", current.shadow, None, now_iso(), actor, reason)
-                if target.settings() != current.settings():
+                if target.settings() != current.settings() or recovery is not None:
                     updates[name] = target
             if not updates:
                 return []
             prior = {n: before[n].runtime or before[n].flag for n in updates}
-            return self._commit(state, updates, before=prior)
+            return self._commit(state, updates, before=prior, recovery=recovery)
 
     def _check(
         self, endpoint: str, serve: Backend | None, percent: object, shadow: bool | None = None
@@ -297,21 +440,19 @@ class FlagStore:
         *,
         before: Mapping[str, Flag],
         forced: bool = False,
+        gate: Mapping[str, Any] | None = None,
+        recovery: Recovery | None = None,
     ) -> list[Change]:
-        generation = state.generation + 1
-        flags = {**state.flags, **updates}
-        document = {
-            "version": FORMAT_VERSION,
-            "generation": generation,
-            "flags": {name: asdict(flag) for name, flag in sorted(flags.items())},
-        }
-        atomic_write(self.path, orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
-        changes = [Change(n, before[n], updates[n], generation, forced) for n in updates]
-        with self.audit_path.open("ab") as audit:
-            for change in changes:
-                audit.write(orjson.dumps(audit_record(change)) + b"\n")
-            audit.flush()
-            os.fsync(audit.fileno())
+        new = FlagState(state.generation + 1, {**state.flags, **updates})
+        data = orjson.dumps(state_document(new), option=orjson.OPT_INDENT_2) + b"\n"
+        atomic_write(self.path, data)
+        atomic_write(self.last_good_path, data)  # what a repair starts from, workers gone
+        changes = [
+            Change(n, before[n], updates[n], new.generation, forced, gate, recovery)
+            for n in updates
+        ]
+        lines = b"".join(orjson.dumps(audit_record(change)) + b"\n" for change in changes)
+        append_lines(self.audit_path, lines, sync=True)
         return changes
 
     @contextlib.contextmanager
@@ -338,13 +479,33 @@ def audit_record(change: Change) -> dict[str, Any]:
     }
     if change.forced:
         record["forced"] = True
+    if change.gate is not None:
+        record["gate"] = dict(change.gate)
+    if change.recovery is not None:
+        record["recovered"] = change.recovery.to_dict()
     return record
 
 
 def read_audit(state_dir: Path, endpoint: str | None = None) -> list[dict[str, Any]]:
-    """The audit trail, oldest first (a torn last line from a crash is skipped)."""
-    records = read_records(state_dir / AUDIT_FILE)
-    return [r for r in records if endpoint is None or r.get("endpoint") == endpoint]
+    """The audit trail, oldest first (torn or garbage lines are skipped)."""
+    return audit_lines(state_dir, endpoint).records
+
+
+def audit_lines(state_dir: Path, endpoint: str | None = None) -> Lines:
+    """The audit trail and how many of its lines could not be read."""
+    lines = read_lines(state_dir / AUDIT_FILE)
+    valid = [r for r in lines.records if _is_audit_record(r)]
+    unreadable = lines.unreadable + len(lines.records) - len(valid)
+    return Lines([r for r in valid if endpoint is None or r["endpoint"] == endpoint], unreadable)
+
+
+def _is_audit_record(record: Mapping[str, Any]) -> bool:
+    """Garbage that happens to parse as a JSON object is not a change."""
+    return (
+        isinstance(record.get("endpoint"), str)
+        and isinstance(record.get("generation"), int)
+        and all(isinstance(record.get(key), dict) for key in ("before", "after"))
+    )
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -386,6 +547,7 @@ class FlagView:
         self._shadowing: frozenset[str] = frozenset()
         self._canary: dict[str, int] = {}
         self._identity: tuple[int, int, int] | None = None
+        self._applied = False  # whether any state was applied yet
         self._reindex()
 
     def serving(self, endpoint: str) -> Backend:
@@ -414,11 +576,16 @@ class FlagView:
             self.load_errors += 1
             if self.on_error:
                 self.on_error(exc)
-            log.error(
-                "flag file not applied, keeping generation %d: %s", self.state.generation, exc
-            )
             self._identity = identity  # do not re-read the same bad file every poll
-            return False
+            if self._applied:
+                log.error(
+                    "flag file not applied, keeping generation %d: %s", self.state.generation, exc
+                )
+                return False
+            # A worker starting (or replaced) while the file is bad: the other workers'
+            # state, else the last good copy, never silently the route defaults.
+            state, source = self.store.last_good()
+            log.error("flag file not applied: %s; starting from the %s", exc, source)
         self._identity = identity
         if state.generation < self.state.generation:
             log.warning(
@@ -427,6 +594,7 @@ class FlagView:
                 state.generation,
             )
         self.state = state
+        self._applied = True
         self._reindex()
         if self.on_apply:
             self.on_apply(state)

@@ -3,7 +3,9 @@
 Serving `go`, or a higher canary `percent`, is refused unless the endpoint's parity verdict
 is PASS and its newest comparison is recent; `force` overrides and the audit record says
 so. Moving traffic back towards Rust is never gated. `SHIM_PARITY_GATE=false` turns the gate
-off for a deployment. CLI and admin API both change flags through `gated_set`.
+off for a deployment — the deployment's setting, which the running workers publish, not the
+environment of whoever types a command. CLI and admin API both change flags through
+`gated_set`, and every audit record of a move towards Go says what the gate decided.
 """
 
 from __future__ import annotations
@@ -46,6 +48,21 @@ class GateDecision:
     reason: str
     verdict: Verdict | None = None
     warnings: list[str] = field(default_factory=list)
+    gate_off_by: str | None = None  # the setting that turned the gate off, when it was off
+
+    def record(self, *, forced: bool) -> dict[str, Any] | None:
+        """What the audit trail keeps of this decision (None: not a move towards Go)."""
+        if not self.towards_go:
+            return None
+        record: dict[str, Any] = {
+            "decision": "off" if self.gate_off_by else "forced" if forced else "passed"
+        }
+        if self.gate_off_by:
+            record["by"] = self.gate_off_by
+        if self.verdict is not None:
+            record["verdict"] = self.verdict.verdict
+            record["samples"] = self.verdict.samples
+        return record
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,8 +86,12 @@ def evaluate(
     proposed: Flag,
     *,
     now: float | None = None,
+    gate_setting: str = "SHIM_PARITY_GATE=false",
 ) -> GateDecision:
-    """Judge a proposed change against the endpoint's parity evidence."""
+    """Judge a proposed change against the endpoint's parity evidence.
+
+    `gate_setting` names where `settings.parity_gate` came from, for the audit record.
+    """
     route = store.routes[endpoint]
     towards = not route.go_only and go_share(proposed) > go_share(current)
     decision = GateDecision(endpoint, current, proposed, towards, True, "")
@@ -98,7 +119,8 @@ def evaluate(
         decision.reason = "moves no traffic towards Go: never gated"
         return decision
     if not settings.parity_gate:
-        decision.reason = "parity gate is off (SHIM_PARITY_GATE=false)"
+        decision.reason = f"parity gate is off ({gate_setting})"
+        decision.gate_off_by = gate_setting
         return decision
     verdict = decision.verdict
     if verdict is not None and verdict.verdict == PASS and not decision.warnings:
@@ -129,14 +151,18 @@ def gated_set(
     reason: str | None,
     force: bool = False,
     dry_run: bool = False,
+    gate_setting: str = "SHIM_PARITY_GATE=false",
 ) -> tuple[GateDecision, Change | None]:
     """Check the gate, then (unless `dry_run`) write the change. GateClosed when refused."""
     current, proposed = store.plan(endpoint, serve=serve, shadow=shadow, percent=percent)
-    decision = evaluate(settings, store, parity, endpoint, current, proposed)
+    decision = evaluate(
+        settings, store, parity, endpoint, current, proposed, gate_setting=gate_setting
+    )
     if dry_run:
         return decision, None
     if not decision.allowed and not force:
         raise GateClosed(decision.reason)
+    forced = not decision.allowed
     change = store.set(
         endpoint,
         serve=serve,
@@ -144,6 +170,7 @@ def gated_set(
         percent=percent,
         actor=actor,
         reason=reason,
-        forced=not decision.allowed,
+        forced=forced,
+        gate=decision.record(forced=forced),
     )
     return decision, change

@@ -7,6 +7,7 @@ re-import the app and see only the environment, so the CLI exports what it was g
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -54,7 +55,9 @@ class Settings(BaseSettings):
     upstream_idle_seconds: float = Field(4.0, gt=0, le=300)
     flag_poll_seconds: float = Field(0.2, gt=0, le=1.0)
     flip_wait_seconds: float = Field(2.0, ge=0, le=30)
-    metrics_dir: Path | None = None  # default: STATE_DIR/metrics; PROMETHEUS_MULTIPROC_DIR wins
+    metrics_dir: Path | None = (
+        None  # default: a runtime dir per port; PROMETHEUS_MULTIPROC_DIR wins
+    )
     backend_health_path: str = "/health"
     shadow_max_inflight: int = Field(64, ge=1)  # per worker; past it shadows are skipped
     shadow_timeout: float = Field(5.0, gt=0)
@@ -110,7 +113,14 @@ class Settings(BaseSettings):
         explicit = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if explicit:
             return Path(explicit)
-        return self.metrics_dir or self.state_dir / "metrics"
+        if self.metrics_dir:
+            return self.metrics_dir
+        # Runtime files, not state: never under state_dir, where a tool that truncates the
+        # memory-mapped files kills every worker with SIGBUS. systemd's RuntimeDirectory=
+        # (a colon-separated list), else the user's runtime dir, else the temp dir.
+        runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+        base = runtime or os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+        return Path(base) / f"cutover-shim-{self.port}-metrics"
 
     def resolved_routes_file(self) -> Path:
         """The route table path; a relative one is tried in the working directory, then in

@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -35,6 +36,8 @@ class WorkerStatus:
     heartbeat: float  # time.time() of the last publish
     started: float
     pins: Mapping[str, str] = field(default_factory=dict)
+    state: Mapping[str, Any] | None = None  # the flag state served (`flags.state_document`)
+    parity_gate: bool | None = None  # the deployment's gate setting, for operators' commands
 
     @property
     def age(self) -> float:
