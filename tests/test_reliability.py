@@ -6,16 +6,20 @@ tests/backends/dying_backend.py, a keep-alive backend that fails the way crashin
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.servers import ROOT, Server, Shim, base_env, free_port, own_backend
+from tests.flipping import wait_for_parity
+from tests.servers import ROOT, SHIM, Server, Shim, base_env, free_port, own_backend
 
 CHAT = {"messages": [{"role": "user", "content": "hello"}]}
 EMBED = {"texts": ["forklift operator"]}
@@ -205,3 +209,104 @@ def test_a_json_body_over_the_cap_is_refused_before_the_backend_sees_it(
         assert "too-big-declared" not in received
     finally:
         backend.stop()
+
+
+def audit(shim: Shim) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (shim.state_dir / "audit.jsonl").read_text().splitlines()]
+
+
+def test_garbage_over_every_state_file_costs_no_request_and_one_write_repairs_it(
+    start_shim: Callable[..., Shim],
+) -> None:
+    shim = start_shim(workers=2)
+    shim.cli("flags", "set", "embed", "go", "--shadow")
+    statuses: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with httpx.Client(base_url=shim.url, timeout=10) as client:
+            while not stop.is_set():
+                answer = client.post("/ai/embed", json=EMBED)
+                statuses.append((answer.status_code, answer.headers["x-shim-backend"]))
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        files = [p for p in shim.state_dir.rglob("*") if p.is_file()]
+        assert len(files) >= 5  # flags, last good copy, audit, workers, parity, metrics
+        for path in files:
+            path.write_bytes(b"\x00garbage\xff" * 64)
+        time.sleep(1.0)
+        table = shim.cli("flags")  # read-only: says what is wrong and how to repair it
+        assert str(shim.state_dir / "flags.json") in table.stderr
+        assert "shim flags set ENDPOINT" in table.stderr
+        assert "embed" in table.stdout and "go" in table.stdout  # what the workers serve
+        check = shim.cli("check", check=False)
+        assert check.returncode == 1 and "flags.json" in check.stderr
+        history = shim.cli("flags", "--history")
+        assert "unreadable line(s)" in history.stderr
+        repaired = shim.cli("flags", "set", "embed", "rust", "--no-shadow", "--reason", "repair")
+        assert "kept aside as" in repaired.stderr and "started from the workers" in repaired.stderr
+        assert "applied by 2/2 workers" in repaired.stdout
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        thread.join()
+    assert {status for status, _ in statuses} == {200}
+    assert statuses[-1][1] == "rust"
+    assert len(list(shim.state_dir.glob("flags.json.corrupt-*"))) == 1
+    [record] = [r for r in audit_records(shim) if r.get("reason") == "repair"]
+    assert record["recovered"]["from"] == "workers"
+    assert record["before"]["serve"] == "go"  # the last good state, not the defaults
+
+
+def audit_records(shim: Shim) -> list[dict[str, Any]]:
+    """The readable audit records (the file may hold garbage lines)."""
+    records = []
+    for line in (shim.state_dir / "audit.jsonl").read_bytes().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def test_force_dry_run_says_what_a_forced_change_would_do_and_exits_0(
+    start_shim: Callable[..., Shim],
+) -> None:
+    shim = start_shim(SHIM_PARITY_GATE="true")
+    dry = shim.cli("flags", "set", "embed", "go", "--force", "--dry-run", check=False)
+    assert dry.returncode == 0, dry.stderr
+    assert "gate: refuses" in dry.stdout and "--force: the change would go through" in dry.stdout
+    assert "nothing changed" in dry.stdout
+    assert not (shim.state_dir / "audit.jsonl").exists()
+
+
+def test_the_parity_gate_is_the_deployments_not_the_operators_shell(
+    start_shim: Callable[..., Shim], tmp_path: Path
+) -> None:
+    shim = start_shim(SHIM_PARITY_GATE="true")
+    lax = {**shim.env, "SHIM_PARITY_GATE": "false"}
+    refused = subprocess.run(
+        [*SHIM, "flags", "set", "embed", "go"], env=lax, cwd=ROOT, capture_output=True, text=True
+    )
+    assert refused.returncode == 1
+    assert "following the deployment" in refused.stderr
+    assert "needs a recent PASS parity verdict" in refused.stderr
+    shim.cli("flags", "set", "embed", "go", "--force", "--reason", "drill")
+    shim.cli("flags", "set", "embed", "rust", "--shadow")
+    for i in range(20):
+        assert httpx.post(f"{shim.url}/ai/embed", json={"texts": [f"g{i}"]}).status_code == 200
+    assert wait_for_parity(shim, "embed", samples=20)["verdict"] == "PASS"
+    shim.cli("flags", "set", "embed", "go", "--shadow", "--reason", "evidence")
+    shim.stop()
+    ungated = start_shim(SHIM_PARITY_GATE="false")
+    ungated.cli("flags", "set", "sql", "go", "--reason", "rehearsal")
+    decisions = {r["reason"]: r.get("gate") for r in audit(shim) + audit(ungated)}
+    assert decisions["drill"]["decision"] == "forced"
+    assert decisions["drill"]["verdict"] == "INCONCLUSIVE"
+    assert decisions["evidence"] == {"decision": "passed", "verdict": "PASS", "samples": 20}
+    assert decisions["rehearsal"]["decision"] == "off"
+    assert "parity_gate=false" in decisions["rehearsal"]["by"]
+    assert decisions[None] is None  # towards Rust: no gate decision to record
