@@ -538,8 +538,6 @@ def run_flags_set(args: argparse.Namespace) -> int:
     if change is None:
         print(f"{args.endpoint}: already {_describe(decision.current)}; nothing changed")
         return 0
-    if change.recovery is not None:
-        print(f"warning: {change.recovery.summary()}", file=sys.stderr)
     if change.forced:
         print(
             f"forced past the parity gate (recorded in the audit trail): {decision.reason}",
@@ -558,8 +556,6 @@ def run_rollback(args: argparse.Namespace) -> int:
     if not changes:
         print("nothing to roll back: every named endpoint is already on rust")
         return 0
-    if changes[0].recovery is not None:
-        print(f"warning: {changes[0].recovery.summary()}", file=sys.stderr)
     for change in changes:
         print(
             f"{change.endpoint}: {_describe(change.before)} -> {_describe(change.after)} "

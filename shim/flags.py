@@ -301,7 +301,9 @@ class FlagStore:
         newest = max([state.generation, *(s.generation for s in served)])
         state = FlagState(newest, state.flags)
         recovery = Recovery(problem, kept_aside, source, state.generation)
-        log.warning("flag write: %s", recovery.summary())
+        # For the service's log (API, guard) and an operator's terminal alike (the CLI
+        # configures no logging: Python prints warnings to stderr).
+        log.warning("warning: %s", recovery.summary())
         return state, recovery
 
     def effective(self, endpoint: str, state: FlagState | None = None) -> EffectiveFlag:
@@ -394,8 +396,16 @@ class FlagStore:
             for name, effective in before.items():
                 current = effective.runtime or effective.flag
                 target = Flag("rust", current.shadow, None, now_iso(), actor, reason)
-                if target.settings() != current.settings() or recovery is not None:
+                if target.settings() != current.settings():
                     updates[name] = target
+            if not updates and recovery is not None:
+                # Nothing to move, but the repair is written, and audited like a change.
+                updates = {
+                    n: replace(
+                        e.runtime or e.flag, changed_at=now_iso(), actor=actor, reason=reason
+                    )
+                    for n, e in before.items()
+                }
             if not updates:
                 return []
             prior = {n: before[n].runtime or before[n].flag for n in updates}
