@@ -544,7 +544,7 @@ def run_check(args: argparse.Namespace) -> int:
     print(
         f"ok: {len(routes.routes)} endpoints ({len(go_only)} Go-only), "
         f"route table {settings.resolved_routes_file()}, flag generation {state.generation}, "
-        f"pins {dict(settings.pin) or 'none'}"
+        f"pins {', '.join(f'{e}={b}' for e, b in sorted(settings.pin.items())) or 'none'}"
     )
     if args.explain:
         print()
