@@ -108,12 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ENDPOINT",
         help="show the audit trail (of one endpoint) instead of the table",
     )
-    flags.add_argument("--limit", type=int, default=50, help="history lines to show (default 50)")
+    flags.add_argument(
+        "--limit",
+        type=_at_least_one,
+        default=50,
+        help="history: the newest N changes, N 1 or more (default 50)",
+    )
     flags.set_defaults(run=run_flags_table)
     flag_commands = flags.add_subparsers(metavar="ACTION")
-    flag_set = flag_commands.add_parser("set", help="route an endpoint to rust or go")
+    flag_set = flag_commands.add_parser(
+        "set", help="route an endpoint to rust or go", formatter_class=RouteNamesHelp
+    )
     _config_option(flag_set)
-    flag_set.add_argument("endpoint")
+    flag_set.add_argument("endpoint", help=f"the endpoint to change: {ENDPOINTS}")
     flag_set.add_argument(
         "backend",
         choices=["rust", "go"],
@@ -159,11 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     parity.set_defaults(run=run_parity)
     parity_commands = parity.add_subparsers(metavar="ACTION")
     parity_probe = parity_commands.add_parser(
-        "probe", help="send the same requests to both backends now and compare"
+        "probe",
+        help="send the same requests to both backends now and compare",
+        formatter_class=RouteNamesHelp,
     )
     _config_option(parity_probe)
-    parity_probe.add_argument("endpoint")
-    parity_probe.add_argument("--samples", type=int, default=5, help="requests (default 5)")
+    parity_probe.add_argument("endpoint", help=f"an idempotent endpoint: {PROBEABLE}")
+    parity_probe.add_argument(
+        "--samples", type=_at_least_one, default=5, help="requests, 1 or more (default 5)"
+    )
     parity_probe.add_argument(
         "--input", type=Path, help="JSON lines of request bodies (default: built-in rehearsal)"
     )
@@ -176,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     parity_probe.add_argument(
         "--record", action="store_true", help="also keep the comparisons in the parity store"
     )
-    parity_probe.add_argument("--markdown", action="store_true")
+    parity_probe.add_argument(
+        "--markdown", action="store_true", help="the verdict as a row in the seed's log format"
+    )
     parity_probe.set_defaults(run=run_parity_probe)
     parity_reset = parity_commands.add_parser(
         "reset", help="forget the parity samples (of one endpoint), e.g. after fixing a drift"
@@ -217,6 +230,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(run=run_check)
     return parser
+
+
+ENDPOINTS, PROBEABLE = "{endpoints}", "{probeable}"  # filled in by RouteNamesHelp
+
+
+class RouteNamesHelp(argparse.HelpFormatter):
+    """Help that lists the route table's endpoint names (all, or those a probe can compare),
+    read only when help is printed: building the parser must not read the route table."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        if text is None or (ENDPOINTS not in text and PROBEABLE not in text):
+            return text
+        from shim.probe import unprobeable
+
+        try:
+            routes = load_routes(load_settings().resolved_routes_file()).routes
+        except ShimError:
+            unknown = "see `shim flags` (the route table cannot be read now)"
+            return text.replace(ENDPOINTS, unknown).replace(PROBEABLE, unknown)
+        probeable = [name for name, route in routes.items() if unprobeable(route) is None]
+        return text.replace(ENDPOINTS, ", ".join(routes)).replace(PROBEABLE, ", ".join(probeable))
+
+
+def _at_least_one(text: str) -> int:
+    """argparse type: a whole number of 1 or more (0 or -1 would silently mean something)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -612,7 +658,7 @@ def run_parity(args: argparse.Namespace) -> int:
             ).decode()
         )
     elif args.markdown:
-        print(markdown(routes, results, notes="shadowed live traffic"))
+        print(markdown(routes, results))
     else:
         print(table(results))
         print(
@@ -674,12 +720,15 @@ def run_parity_probe(args: argparse.Namespace) -> int:
     import asyncio
 
     from shim.parity import markdown, table
-    from shim.probe import builtin_requests, probe, read_requests
+    from shim.probe import builtin_requests, probe, read_requests, unprobeable
 
     settings, routes = _load(args)
     if args.endpoint not in routes:
         raise UnknownEndpoint(f"no endpoint {args.endpoint!r} in the route table")
     route = routes[args.endpoint]
+    why = unprobeable(route)
+    if why is not None:  # said before asking for inputs it could never use
+        raise ShimError(f"cannot probe: {why}")
     requests = (
         read_requests(args.input)[: args.samples]
         if args.input
@@ -687,7 +736,7 @@ def run_parity_probe(args: argparse.Namespace) -> int:
     )
     verdict, _ = asyncio.run(probe(settings, route, requests, face=args.face, record=args.record))
     if args.markdown:
-        print(markdown(routes, {route.name: verdict}, notes=f"probe of {len(requests)} requests"))
+        print(markdown(routes, {route.name: verdict}))
     else:
         print(table({route.name: verdict}))
     return 0 if verdict.verdict == "PASS" else EXIT_REFUSED
