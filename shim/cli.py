@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import socket
 import sys
@@ -317,6 +318,7 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     if args.config:
         os.environ["SHIM_CONFIG"] = str(Path(args.config).resolve())
+    from shim import logs
     from shim.protocol import ShimHttpProtocol
 
     ShimHttpProtocol.configure(settings)
@@ -332,15 +334,19 @@ def run_serve(args: argparse.Namespace) -> int:
         server_header=False,
         proxy_headers=False,  # X-Forwarded-* are the proxy's own business (shim/headers.py)
         log_level=settings.log_level,
+        log_config=logs.uvicorn_log_config(settings.log_level),
         timeout_keep_alive=5,
         timeout_graceful_shutdown=10,
     )
-    print(
-        f"shim: proxy http://{settings.host}:{proxy_socket.getsockname()[1]} "
-        f"admin http://{settings.admin_host}:{admin_socket.getsockname()[1]} "
-        f"workers {settings.workers} state {settings.state_dir}",
-        file=sys.stderr,
-        flush=True,
+    logs.configure(settings.log_level)
+    logging.getLogger("shim.serve").info(
+        "proxy http://%s:%d admin http://%s:%d workers %d state %s",
+        settings.host,
+        proxy_socket.getsockname()[1],
+        settings.admin_host,
+        admin_socket.getsockname()[1],
+        settings.workers,
+        settings.state_dir,
     )
     if settings.workers == 1:
         uvicorn.Server(config).run(sockets=[proxy_socket, admin_socket])
@@ -359,11 +365,9 @@ def _supervise(
     admin_socket: socket.socket,
 ) -> int:
     """Several workers, one proxy socket each (shim/supervisor.py)."""
-    from shim import logs
     from shim.metrics import worker_exited
     from shim.supervisor import Supervisor
 
-    logs.configure(settings.log_level)  # the supervisor reports workers it starts or loses
     registry = WorkerRegistry(settings.state_dir)
 
     def lost(pid: int) -> None:
@@ -397,6 +401,7 @@ def _prepare_metrics_dir(path: Path) -> None:
 def run_reference(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from shim import logs
     from shim.reference.app import create_reference_app
 
     port = args.port if args.port is not None else (3100 if args.backend == "rust" else 4110)
@@ -405,7 +410,10 @@ def run_reference(args: argparse.Namespace) -> int:
         app = create_reference_app(
             args.backend, latency_ms=args.latency_ms, storage_dir=storage_dir
         )
-        print(f"reference {args.backend} backend on http://{args.host}:{port}", file=sys.stderr)
+        logs.configure("info")
+        logging.getLogger("shim.reference").info(
+            "reference %s backend on http://%s:%d", args.backend, args.host, port
+        )
         uvicorn.run(
             app,
             host=args.host,
@@ -413,6 +421,7 @@ def run_reference(args: argparse.Namespace) -> int:
             loop="uvloop",
             http="httptools",
             log_level="warning",
+            log_config=logs.uvicorn_log_config("warning"),
             access_log=False,
         )
     return 0
