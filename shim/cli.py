@@ -82,11 +82,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="worker processes (SHIM_WORKERS, default 1)")
     serve.set_defaults(run=run_serve)
 
-    demo = commands.add_parser("demo", help="reference Rust and Go backends plus the shim")
-    demo.add_argument("--port", type=int, default=4120, help="proxy port (default 4120)")
-    demo.add_argument("--admin-port", type=int, default=4121, help="admin port (default 4121)")
-    demo.add_argument("--rust-port", type=int, default=3100, help="Rust backend (default 3100)")
-    demo.add_argument("--go-port", type=int, default=4110, help="Go backend (default 4110)")
+    demo = commands.add_parser(
+        "demo",
+        help="reference Rust and Go backends plus the shim",
+        description="Every port is checked before anything starts. The demo's state is "
+        "state/demo/, wiped at start unless --keep-state; its admin token is in "
+        "state/demo/admin-token (SHIM_ADMIN_TOKEN if set, else a new one).",
+    )
+    demo.add_argument("--port", type=int, help="proxy port (default 4120)")
+    demo.add_argument("--admin-port", type=int, help="admin port (default 4121)")
+    demo.add_argument("--rust-port", type=int, help="Rust backend (default 3100)")
+    demo.add_argument("--go-port", type=int, help="Go backend (default 4110)")
+    demo.add_argument(
+        "--base-port",
+        type=int,
+        help="four ports from N: proxy N, admin N+1, rust N+2, go N+3 (each option above wins)",
+    )
+    demo.add_argument(
+        "--keep-state",
+        action="store_true",
+        help="keep state/demo/ from the last demo (flags, audit, parity evidence)",
+    )
     demo.add_argument("--workers", type=int, default=2, help="shim workers (default 2)")
     demo.set_defaults(run=_run_demo)
 
