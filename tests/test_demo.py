@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from shim.demo import DEFAULT_PORTS, TOUR, tour
+from shim.demo import DEFAULT_PORTS, TOUR, prepare_state, tour
 from shim.flags import FlagStore
 from shim.routes import load_routes
 from tests.servers import ROOT, base_env, free_port
@@ -180,3 +180,15 @@ def test_readme_demo_tour_runs_against_a_live_demo(tmp_path: Path) -> None:
                 break
         else:
             raise AssertionError(f"something still listens on {port} after the demo stopped")
+
+
+def test_the_demo_state_is_wiped_unless_kept(tmp_path: Path) -> None:
+    state = tmp_path / "state" / "demo"
+    state.mkdir(parents=True)
+    (state / "flags.json").write_text("{}")
+    prepare_state(state, "kept-token", keep=True)
+    assert (state / "flags.json").exists()
+    prepare_state(state, "new-token", keep=False)
+    assert sorted(p.name for p in state.iterdir()) == ["admin-token"]
+    assert (state / "admin-token").read_text() == "new-token\n"
+    assert (state / "admin-token").stat().st_mode & 0o077 == 0  # this user's only
