@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import os
 import re
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from shim.errors import (
     NotFound,
     ShimError,
     Unauthorized,
+    render,
 )
 from shim.flags import Change, FlagStore, FlagView, pin_conflicts, resolve
 from shim.gate import gated_set
@@ -41,6 +43,8 @@ from shim.types import BACKENDS
 from shim.upstream import Upstream
 from shim.workers import Applied, WorkerRegistry
 
+UI_PATH = "/_shim/ui"  # the operator page, linked from the index once it is served
+WRITE_METHODS = frozenset({"PUT", "POST", "DELETE", "PATCH"})
 FLAG_KEYS = frozenset({"serve", "shadow", "percent", "reason", "force", "dry_run"})
 _ACTOR = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 
@@ -128,16 +132,32 @@ def actor_of(request: Request) -> str:
 
 
 async def json_object(request: Request, *, optional: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object; an empty body is `{}` where that is allowed."""
     raw = await request.body()
     if not raw.strip() and optional:
         return {}
     try:
         document = orjson.loads(raw)
-    except ValueError:
-        raise InvalidValue("the body must be a JSON object") from None
+    except ValueError as exc:
+        raise InvalidValue(
+            f'the body is not JSON ({exc}); send a JSON object, e.g. \'{{"serve": "go"}}\''
+        ) from None
     if not isinstance(document, dict):
-        raise InvalidValue("the body must be a JSON object")
+        raise InvalidValue(
+            f"the body must be a JSON object, not {_json_kind(document)}: "
+            'e.g. \'{"serve": "go"}\''
+        )
     return document
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    return "a boolean" if isinstance(value, bool) else "a number"
 
 
 def flag_update(document: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +175,12 @@ def flag_update(document: dict[str, Any]) -> dict[str, Any]:
             raise InvalidValue("shadow must be true or false")
         update["shadow"] = document["shadow"]
     if "percent" in document:
-        update["percent"] = document["percent"]  # null clears it; the store checks the range
+        percent = document["percent"]  # null clears it
+        if percent is not None and (
+            isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100
+        ):
+            raise InvalidValue("percent must be a whole number from 0 to 100, or null")
+        update["percent"] = percent
     if "reason" in document:
         if not isinstance(document["reason"], str | None):
             raise InvalidValue("reason must be a string")
@@ -177,10 +202,16 @@ def build_admin(context: AdminContext) -> Starlette:
             generation, within=settings.flip_wait_seconds
         )
 
+    async def index(request: Request) -> Response:
+        """This list of the admin routes."""
+        return JSONResponse(route_index(routes))
+
     async def healthz(request: Request) -> Response:
+        """The worker is alive: {"status": "ok", "worker": PID}."""
         return JSONResponse({"status": "ok", "worker": os.getpid()})
 
     async def readyz(request: Request) -> Response:
+        """200 when both backends answer HTTP, else 503; flag generation and warnings."""
         probes = await asyncio.gather(
             *(context.upstream.probe(b, settings.backend_health_path) for b in BACKENDS)
         )
@@ -197,9 +228,11 @@ def build_admin(context: AdminContext) -> Starlette:
         return JSONResponse(document, 200 if ready else 503)
 
     async def get_flags(request: Request) -> Response:
+        """Every endpoint's flag in force, the generation, each live worker's generation."""
         return JSONResponse(await asyncio.to_thread(flags_document, context))
 
     async def put_flag(request: Request) -> Response:
+        """Change one flag: {"serve", "shadow", "percent", "reason", "force", "dry_run"}."""
         authorize(request, settings.admin_token)
         endpoint = request.path_params["endpoint"]
         update = flag_update(await json_object(request))
@@ -235,6 +268,7 @@ def build_admin(context: AdminContext) -> Starlette:
         )
 
     async def rollback(request: Request) -> Response:
+        """Send endpoints back to rust: {"endpoints": [...], "reason": "..."} (optional)."""
         authorize(request, settings.admin_token)
         document = await json_object(request, optional=True)
         unknown = set(document) - {"endpoints", "reason"}
@@ -260,6 +294,7 @@ def build_admin(context: AdminContext) -> Starlette:
         )
 
     async def parity(request: Request) -> Response:
+        """Every shadowable endpoint's parity verdict and evidence."""
         records = await asyncio.to_thread(
             context.parity.samples, window_seconds=settings.parity_window_hours * 3600
         )
@@ -272,34 +307,69 @@ def build_admin(context: AdminContext) -> Starlette:
         )
 
     async def metrics_text(request: Request) -> Response:
+        """Prometheus text format, summed over every worker."""
         metrics.flush()  # this worker's last second; the others flush on their own
         body = await asyncio.to_thread(metrics.render, settings.state_dir)
         return Response(body, media_type=metrics.CONTENT_TYPE)
 
     async def shim_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ShimError)
-        headers = {"www-authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-        return JSONResponse(exc.to_dict(), exc.status_code, headers=headers)
+        return error_response(exc)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         if exc.status_code == 405:
+            given = {k.lower(): v for k, v in (exc.headers or {}).items()}
+            allowed = frozenset(m.strip() for m in given.get("allow", "").split(",") if m.strip())
             error: ShimError = MethodNotAllowed(
-                f"{request.method} is not allowed on {request.url.path}", allowed=frozenset()
+                f"{request.method} is not allowed on {request.url.path} "
+                f"(allowed: {', '.join(sorted(allowed))})",
+                allowed=allowed,
             )
         else:
-            error = NotFound(f"no admin route {request.url.path}")
-        return JSONResponse(error.to_dict(), error.status_code, headers=exc.headers)
+            error = NotFound(f"no admin route {request.url.path}: GET / lists the admin routes")
+        return error_response(error)
 
+    routes = [
+        Route("/", index, methods=["GET"]),
+        Route("/_shim/healthz", healthz, methods=["GET"]),
+        Route("/_shim/readyz", readyz, methods=["GET"]),
+        Route("/_shim/flags", get_flags, methods=["GET"]),
+        Route("/_shim/flags/{endpoint}", put_flag, methods=["PUT"]),
+        Route("/_shim/rollback", rollback, methods=["POST"]),
+        Route("/_shim/parity", parity, methods=["GET"]),
+        Route("/metrics", metrics_text, methods=["GET"]),
+    ]
     return Starlette(
-        routes=[
-            Route("/_shim/healthz", healthz, methods=["GET"]),
-            Route("/_shim/readyz", readyz, methods=["GET"]),
-            Route("/_shim/flags", get_flags, methods=["GET"]),
-            Route("/_shim/flags/{endpoint}", put_flag, methods=["PUT"]),
-            Route("/_shim/rollback", rollback, methods=["POST"]),
-            Route("/_shim/parity", parity, methods=["GET"]),
-            Route("/metrics", metrics_text, methods=["GET"]),
-        ],
-        exception_handlers={ShimError: shim_error, HTTPException: http_error},
+        routes=routes, exception_handlers={ShimError: shim_error, HTTPException: http_error}
     )
+
+
+def route_index(routes: list[Route]) -> dict[str, Any]:
+    """`GET /`: every admin route with its methods and what it answers (the handler's
+    docstring), and where the operator page is once one is served."""
+    listed = [
+        {
+            "path": route.path,
+            "methods": sorted((route.methods or set()) - {"HEAD"}),
+            "what": (inspect.getdoc(route.endpoint) or "").split("\n")[0],
+            "needs_token": bool(route.methods and route.methods & WRITE_METHODS),
+        }
+        for route in routes
+    ]
+    paths = {route.path for route in routes}
+    return {
+        "service": "cutover-shim admin",
+        "routes": listed,
+        "ui": UI_PATH if UI_PATH in paths else None,
+        "auth": "writes need 'Authorization: Bearer $SHIM_ADMIN_TOKEN'",
+    }
+
+
+def error_response(error: ShimError) -> Response:
+    """A ShimError as a Starlette response, rendered by `shim.errors.render` like every
+    other error the shim answers."""
+    rendered = render(error)
+    response = Response(rendered.body, rendered.status)
+    response.raw_headers = rendered.headers
+    return response

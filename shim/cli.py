@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import socket
 import sys
@@ -83,11 +84,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="worker processes (SHIM_WORKERS, default 1)")
     serve.set_defaults(run=run_serve)
 
-    demo = commands.add_parser("demo", help="reference Rust and Go backends plus the shim")
-    demo.add_argument("--port", type=int, default=4120, help="proxy port (default 4120)")
-    demo.add_argument("--admin-port", type=int, default=4121, help="admin port (default 4121)")
-    demo.add_argument("--rust-port", type=int, default=3100, help="Rust backend (default 3100)")
-    demo.add_argument("--go-port", type=int, default=4110, help="Go backend (default 4110)")
+    demo = commands.add_parser(
+        "demo",
+        help="reference Rust and Go backends plus the shim",
+        description="Every port is checked before anything starts. The demo's state is "
+        "state/demo/, wiped at start unless --keep-state; its admin token is in "
+        "state/demo/admin-token (SHIM_ADMIN_TOKEN if set, else a new one).",
+    )
+    demo.add_argument("--port", type=int, help="proxy port (default 4120)")
+    demo.add_argument("--admin-port", type=int, help="admin port (default 4121)")
+    demo.add_argument("--rust-port", type=int, help="Rust backend (default 3100)")
+    demo.add_argument("--go-port", type=int, help="Go backend (default 4110)")
+    demo.add_argument(
+        "--base-port",
+        type=int,
+        help="four ports from N: proxy N, admin N+1, rust N+2, go N+3 (each option above wins)",
+    )
+    demo.add_argument(
+        "--keep-state",
+        action="store_true",
+        help="keep state/demo/ from the last demo (flags, audit, parity evidence)",
+    )
     demo.add_argument("--workers", type=int, default=2, help="shim workers (default 2)")
     demo.set_defaults(run=_run_demo)
 
@@ -110,12 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ENDPOINT",
         help="show the audit trail (of one endpoint) instead of the table",
     )
-    flags.add_argument("--limit", type=int, default=50, help="history lines to show (default 50)")
+    flags.add_argument(
+        "--limit",
+        type=_at_least_one,
+        default=50,
+        help="history: the newest N changes, N 1 or more (default 50)",
+    )
     flags.set_defaults(run=run_flags_table)
     flag_commands = flags.add_subparsers(metavar="ACTION")
-    flag_set = flag_commands.add_parser("set", help="route an endpoint to rust or go")
+    flag_set = flag_commands.add_parser(
+        "set", help="route an endpoint to rust or go", formatter_class=RouteNamesHelp
+    )
     _config_option(flag_set)
-    flag_set.add_argument("endpoint")
+    flag_set.add_argument("endpoint", help=f"the endpoint to change: {ENDPOINTS}")
     flag_set.add_argument(
         "backend",
         choices=["rust", "go"],
@@ -161,11 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     parity.set_defaults(run=run_parity)
     parity_commands = parity.add_subparsers(metavar="ACTION")
     parity_probe = parity_commands.add_parser(
-        "probe", help="send the same requests to both backends now and compare"
+        "probe",
+        help="send the same requests to both backends now and compare",
+        formatter_class=RouteNamesHelp,
     )
     _config_option(parity_probe)
-    parity_probe.add_argument("endpoint")
-    parity_probe.add_argument("--samples", type=int, default=5, help="requests (default 5)")
+    parity_probe.add_argument("endpoint", help=f"an idempotent endpoint: {PROBEABLE}")
+    parity_probe.add_argument(
+        "--samples", type=_at_least_one, default=5, help="requests, 1 or more (default 5)"
+    )
     parity_probe.add_argument(
         "--input", type=Path, help="JSON lines of request bodies (default: built-in rehearsal)"
     )
@@ -178,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     parity_probe.add_argument(
         "--record", action="store_true", help="also keep the comparisons in the parity store"
     )
-    parity_probe.add_argument("--markdown", action="store_true")
+    parity_probe.add_argument(
+        "--markdown", action="store_true", help="the verdict as a row in the seed's log format"
+    )
     parity_probe.set_defaults(run=run_parity_probe)
     parity_reset = parity_commands.add_parser(
         "reset", help="forget the parity samples (of one endpoint), e.g. after fixing a drift"
@@ -219,6 +249,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(run=run_check)
     return parser
+
+
+ENDPOINTS, PROBEABLE = "{endpoints}", "{probeable}"  # filled in by RouteNamesHelp
+
+
+class RouteNamesHelp(argparse.HelpFormatter):
+    """Help that lists the route table's endpoint names (all, or those a probe can compare),
+    read only when help is printed: building the parser must not read the route table."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        if text is None or (ENDPOINTS not in text and PROBEABLE not in text):
+            return text
+        from shim.probe import unprobeable
+
+        try:
+            routes = load_routes(load_settings().resolved_routes_file()).routes
+        except ShimError:
+            unknown = "see `shim flags` (the route table cannot be read now)"
+            return text.replace(ENDPOINTS, unknown).replace(PROBEABLE, unknown)
+        probeable = [name for name, route in routes.items() if unprobeable(route) is None]
+        return text.replace(ENDPOINTS, ", ".join(routes)).replace(PROBEABLE, ", ".join(probeable))
+
+
+def _at_least_one(text: str) -> int:
+    """argparse type: a whole number of 1 or more (0 or -1 would silently mean something)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -273,6 +336,7 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     if args.config:
         os.environ["SHIM_CONFIG"] = str(Path(args.config).resolve())
+    from shim import logs
     from shim.protocol import ShimHttpProtocol
 
     ShimHttpProtocol.configure(settings)
@@ -288,15 +352,19 @@ def run_serve(args: argparse.Namespace) -> int:
         server_header=False,
         proxy_headers=False,  # X-Forwarded-* are the proxy's own business (shim/headers.py)
         log_level=settings.log_level,
+        log_config=logs.uvicorn_log_config(settings.log_level),
         timeout_keep_alive=5,
         timeout_graceful_shutdown=10,
     )
-    print(
-        f"shim: proxy http://{settings.host}:{proxy_socket.getsockname()[1]} "
-        f"admin http://{settings.admin_host}:{admin_socket.getsockname()[1]} "
-        f"workers {settings.workers} state {settings.state_dir}",
-        file=sys.stderr,
-        flush=True,
+    logs.configure(settings.log_level)
+    logging.getLogger("shim.serve").info(
+        "proxy http://%s:%d admin http://%s:%d workers %d state %s",
+        settings.host,
+        proxy_socket.getsockname()[1],
+        settings.admin_host,
+        admin_socket.getsockname()[1],
+        settings.workers,
+        settings.state_dir,
     )
     if settings.workers == 1:
         uvicorn.Server(config).run(sockets=[proxy_socket, admin_socket])
@@ -315,11 +383,9 @@ def _supervise(
     admin_socket: socket.socket,
 ) -> int:
     """Several workers, one proxy socket each (shim/supervisor.py)."""
-    from shim import logs
     from shim.metrics import worker_exited
     from shim.supervisor import Supervisor
 
-    logs.configure(settings.log_level)  # the supervisor reports workers it starts or loses
     registry = WorkerRegistry(settings.state_dir)
 
     def lost(pid: int) -> None:
@@ -353,6 +419,7 @@ def _prepare_metrics_dir(path: Path) -> None:
 def run_reference(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from shim import logs
     from shim.reference.app import create_reference_app
 
     port = args.port if args.port is not None else (3100 if args.backend == "rust" else 4110)
@@ -361,7 +428,10 @@ def run_reference(args: argparse.Namespace) -> int:
         app = create_reference_app(
             args.backend, latency_ms=args.latency_ms, storage_dir=storage_dir
         )
-        print(f"reference {args.backend} backend on http://{args.host}:{port}", file=sys.stderr)
+        logs.configure("info")
+        logging.getLogger("shim.reference").info(
+            "reference %s backend on http://%s:%d", args.backend, args.host, port
+        )
         uvicorn.run(
             app,
             host=args.host,
@@ -369,6 +439,7 @@ def run_reference(args: argparse.Namespace) -> int:
             loop="uvloop",
             http="httptools",
             log_level="warning",
+            log_config=logs.uvicorn_log_config("warning"),
             access_log=False,
         )
     return 0
@@ -589,7 +660,7 @@ def run_check(args: argparse.Namespace) -> int:
     print(
         f"ok: {len(routes.routes)} endpoints ({len(go_only)} Go-only), "
         f"route table {settings.resolved_routes_file()}, flag generation {state.generation}, "
-        f"pins {dict(settings.pin) or 'none'}"
+        f"pins {', '.join(f'{e}={b}' for e, b in sorted(settings.pin.items())) or 'none'}"
     )
     if args.explain:
         print()
@@ -661,7 +732,7 @@ def run_parity(args: argparse.Namespace) -> int:
             ).decode()
         )
     elif args.markdown:
-        print(markdown(routes, results, notes="shadowed live traffic"))
+        print(markdown(routes, results))
     else:
         print(table(results))
         print(
@@ -723,12 +794,15 @@ def run_parity_probe(args: argparse.Namespace) -> int:
     import asyncio
 
     from shim.parity import markdown, table
-    from shim.probe import builtin_requests, probe, read_requests
+    from shim.probe import builtin_requests, probe, read_requests, unprobeable
 
     settings, routes = _load(args)
     if args.endpoint not in routes:
         raise UnknownEndpoint(f"no endpoint {args.endpoint!r} in the route table")
     route = routes[args.endpoint]
+    why = unprobeable(route)
+    if why is not None:  # said before asking for inputs it could never use
+        raise ShimError(f"cannot probe: {why}")
     requests = (
         read_requests(args.input)[: args.samples]
         if args.input
@@ -736,7 +810,7 @@ def run_parity_probe(args: argparse.Namespace) -> int:
     )
     verdict, _ = asyncio.run(probe(settings, route, requests, face=args.face, record=args.record))
     if args.markdown:
-        print(markdown(routes, {route.name: verdict}, notes=f"probe of {len(requests)} requests"))
+        print(markdown(routes, {route.name: verdict}))
     else:
         print(table({route.name: verdict}))
     return 0 if verdict.verdict == "PASS" else EXIT_REFUSED

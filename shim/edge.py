@@ -9,8 +9,7 @@ smuggled past).
 
 from __future__ import annotations
 
-import orjson
-
+from shim.errors import BadRequest, render
 from shim.types import ASGIApp, Receive, Scope, Send
 
 _FORBIDDEN_IN_PATH = (b"%2f", b"%5c", b"%00", b"\\", b"\x00")
@@ -71,16 +70,5 @@ class EdgeGuard:
 
 
 async def refuse(send: Send, message: str) -> None:
-    body = orjson.dumps({"error": {"code": "bad_request", "message": message}})
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 400,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    """A JSON 400 that closes the connection: what follows such a request is not trusted."""
+    await render(BadRequest(message), close=True).send(send)

@@ -3,10 +3,12 @@
     ShimError                      status_code, code, message; rendered as JSON
     ├── ConfigError                bad settings or route table (start-up; names the key)
     ├── ClientError                4xx: the request is at fault
-    │   ├── BadRequest             400 bad_json / bad_shape / bad_path
+    │   ├── BadRequest             400 bad_request / bad_json / bad_shape
     │   ├── NotFound               404 not_found
-    │   ├── MethodNotAllowed       405 method_not_allowed
+    │   ├── MethodNotAllowed       405 method_not_allowed (Allow names the right methods)
+    │   ├── RequestTimeout         408 request_timeout (headers too slow; server's own answer)
     │   ├── PayloadTooLarge        413 payload_too_large
+    │   ├── HeadersTooLarge        431 headers_too_large
     │   ├── Unauthorized           401 unauthorized (admin write without the right token)
     │   ├── AdminWritesDisabled    403 admin_writes_disabled (no SHIM_ADMIN_TOKEN configured)
     │   └── InvalidValue           422 invalid_value (an admin request body that makes no sense)
@@ -21,9 +23,20 @@
         └── BackendTimeout         504 backend_timeout
 
 Errors from aiohttp are translated into BackendError at one place (`upstream.translate_errors`).
+Every answer made of a ShimError is built by `render` (status, headers, JSON body), whichever
+layer answers: the proxy, the edge guard, the HTTP protocol or the admin app.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import orjson
+
+from shim.types import Send
+
+Header = tuple[bytes, bytes]
 
 
 class ShimError(Exception):
@@ -38,6 +51,10 @@ class ShimError(Exception):
 
     def to_dict(self) -> dict[str, dict[str, str]]:
         return {"error": {"code": self.code, "message": self.message}}
+
+    def headers(self) -> list[Header]:
+        """Headers this kind of error adds to its answer (e.g. `Allow` on a 405)."""
+        return []
 
 
 class ConfigError(ShimError):
@@ -82,6 +99,16 @@ class MethodNotAllowed(ClientError):
         super().__init__(message)
         self.allowed = allowed
 
+    def headers(self) -> list[Header]:
+        return [(b"allow", ", ".join(sorted(self.allowed)).encode())]
+
+
+class RequestTimeout(ClientError):
+    """The request's headers did not arrive within `header_timeout`."""
+
+    status_code = 408
+    code = "request_timeout"
+
 
 class PayloadTooLarge(ClientError):
     """A JSON body on a rewriting route is over SHIM_MAX_JSON_BYTES."""
@@ -90,11 +117,21 @@ class PayloadTooLarge(ClientError):
     code = "payload_too_large"
 
 
+class HeadersTooLarge(ClientError):
+    """The request's header section is over `max_header_bytes`."""
+
+    status_code = 431
+    code = "headers_too_large"
+
+
 class Unauthorized(ClientError):
     """An admin write without the configured bearer token."""
 
     status_code = 401
     code = "unauthorized"
+
+    def headers(self) -> list[Header]:
+        return [(b"www-authenticate", b"Bearer")]
 
 
 class AdminWritesDisabled(ClientError):
@@ -147,6 +184,9 @@ class Overloaded(ShimError):
     code = "overloaded"
     retry_after = 1
 
+    def headers(self) -> list[Header]:
+        return [(b"retry-after", str(self.retry_after).encode())]
+
 
 class BackendError(ShimError):
     """The backend failed or answered something the shim cannot pass on."""
@@ -172,3 +212,36 @@ class BackendTimeout(BackendError):
 
     status_code = 504
     code = "backend_timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorResponse:
+    """A ShimError as an HTTP answer: the status, every header, the JSON body."""
+
+    status: int
+    headers: list[Header]
+    body: bytes
+
+    async def send(self, send: Send) -> None:
+        """Answer through an ASGI `send`."""
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+def render(
+    error: ShimError, *, headers: Iterable[Header] = (), close: bool = False
+) -> ErrorResponse:
+    """The one place the shim's error shape is built: `{"error": {"code", "message"}}` as
+    `application/json`, the error's own headers (`Allow`, `Retry-After`, `WWW-Authenticate`),
+    then `headers` (e.g. the request id), and `Connection: close` when the connection is
+    not to be reused (a request no honest client sends)."""
+    body = orjson.dumps(error.to_dict())
+    answer = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *error.headers(),
+        *headers,
+    ]
+    if close:
+        answer.append((b"connection", b"close"))
+    return ErrorResponse(error.status_code, answer, body)

@@ -1,10 +1,11 @@
-"""Logging set-up: one JSON line per event on stderr."""
+"""Logging set-up: one JSON line per event on stderr, for the shim's loggers and uvicorn's."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import time
+from typing import Any
 
 import orjson
 
@@ -37,3 +38,26 @@ def configure(level: str) -> None:
         handler._shim = True  # type: ignore[attr-defined]
         root.addHandler(handler)
         root.propagate = False
+
+
+def uvicorn_log_config(level: str) -> dict[str, Any]:
+    """uvicorn's `log_config`: its loggers (`uvicorn`, `uvicorn.error`, `uvicorn.access`)
+    write the same JSON lines as the shim's, so a log has one format, not plain-text
+    `INFO: Started server process` lines between JSON ones. Spawned workers get this dict
+    with their pickled uvicorn Config and apply it themselves."""
+    handler = {
+        "class": "logging.StreamHandler",
+        "formatter": "json",
+        "stream": "ext://sys.stderr",
+    }
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
+        "handlers": {"json": handler},
+        "loggers": {
+            "uvicorn": {"handlers": ["json"], "level": level.upper(), "propagate": False},
+            "uvicorn.error": {"level": level.upper()},  # on to "uvicorn"
+            "uvicorn.access": {"handlers": ["json"], "level": level.upper(), "propagate": False},
+        },
+    }

@@ -107,6 +107,7 @@ class Verdict:
     worst: list[dict[str, Any]] = field(default_factory=list)
     differing_paths: dict[str, int] = field(default_factory=dict)
     last_sample: float | None = None
+    sources: dict[str, int] = field(default_factory=dict)  # comparisons per kind (shadow, probe)
 
     @property
     def failed(self) -> int:
@@ -144,6 +145,7 @@ class Verdict:
             "differing_paths": self.differing_paths,
             "worst": self.worst,
             "last_sample": _iso(self.last_sample) if self.last_sample else None,
+            "sources": self.sources,
         }
 
 
@@ -170,6 +172,7 @@ def judge(route: Route, records: Iterable[Mapping[str, Any]]) -> Verdict:
     )
 
     verdict = Verdict(route.name, INCONCLUSIVE, len(comparisons), 0, policy.comparator)
+    verdict.sources = dict(Counter(str(r["kind"]) for r in comparisons))
     verdict.metrics["min_samples"] = policy.min_samples
     verdict.noise = {
         "samples": len(noise),
@@ -243,8 +246,19 @@ def verdicts(routes: RouteTable, records: Iterable[Mapping[str, Any]]) -> dict[s
     }
 
 
-def markdown(routes: RouteTable, results: Mapping[str, Verdict], *, notes: str = "") -> str:
-    """Rows in the seed's parity-log format, then the drift catalogue."""
+def evidence(verdict: Verdict) -> str:
+    """What a verdict rests on, e.g. `20 shadowed live requests, 5 probe requests`; "" when
+    nothing (a row without samples must not claim any)."""
+    names = {"shadow": "shadowed live request", "probe": "probe request"}
+    return ", ".join(
+        f"{count} {names.get(kind, kind)}{'' if count == 1 else 's'}"
+        for kind, count in sorted(verdict.sources.items())
+    )
+
+
+def markdown(routes: RouteTable, results: Mapping[str, Verdict]) -> str:
+    """Rows in the seed's parity-log format (the notes say what each verdict rests on), then
+    the drift catalogue."""
     today = datetime.now(UTC).date().isoformat()
     lines = [
         "| Endpoint | Date | Rust path | Go path | Verdict | Notes |",
@@ -252,7 +266,7 @@ def markdown(routes: RouteTable, results: Mapping[str, Verdict], *, notes: str =
     ]
     for name, verdict in results.items():
         route = routes[name]
-        detail = "; ".join(part for part in (_notes(verdict, empty=""), notes) if part)
+        detail = "; ".join(part for part in (_notes(verdict, empty=""), evidence(verdict)) if part)
         lines.append(
             f"| `{name}` | {today} | `{route.faces['rust'].template}` | "
             f"`{route.faces['go'].template}` | {MARK[verdict.verdict]} {verdict.headline()} | "

@@ -58,16 +58,39 @@ def builtin_requests(route: Route, face: Backend, count: int) -> Iterator[dict[s
             )
 
 
+def unprobeable(route: Route) -> str | None:
+    """Why this endpoint cannot be probed (every request goes to both backends), or None."""
+    if route.go_only:
+        return f"{route.name} is Go-only: there is no Rust backend to compare it with"
+    if not route.shadowable:
+        return (
+            f"{route.name} is not idempotent: a probe sends each request to both backends, "
+            "so it would run twice (compare it by hand, or with shadow on a staging pair)"
+        )
+    return None
+
+
 def read_requests(path: Path) -> list[dict[str, Any]]:
-    """JSON lines of request bodies (blank lines skipped)."""
+    """JSON lines of request bodies (blank lines skipped); at least one."""
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory; name a JSON-lines file", key="--input") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", key="--input") from None
     requests = []
-    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+    for number, line in enumerate(data.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             requests.append(orjson.loads(line))
         except orjson.JSONDecodeError as exc:
             raise ConfigError(f"line {number} is not JSON: {exc}", key=str(path)) from None
+    if not requests:
+        raise ConfigError(
+            f"{path} holds no request bodies: write one JSON request body per line",
+            key="--input",
+        )
     return requests
 
 
@@ -80,10 +103,11 @@ async def probe(
     record: bool,
 ) -> tuple[Verdict, list[dict[str, Any]]]:
     """Send every request to both backends, compare, and judge (optionally recording)."""
-    if not route.shadowable:
-        raise ConfigError(
-            f"{route.name} cannot be probed: it is not idempotent or Go-only", key="ENDPOINT"
-        )
+    why = unprobeable(route)
+    if why is not None:
+        raise ConfigError(f"cannot be probed: {why}", key="ENDPOINT")
+    if not requests:
+        raise ConfigError("a probe needs at least one request", key="--samples")
     upstream = Upstream(settings)
     await upstream.start()
     store = ParityStore(settings.state_dir)
@@ -124,6 +148,6 @@ async def probe(
     finally:
         await upstream.close()
     judged = dataclasses.replace(
-        route, parity=dataclasses.replace(route.parity, min_samples=max(1, len(samples)))
+        route, parity=dataclasses.replace(route.parity, min_samples=len(samples))
     )
     return judge(judged, samples), samples

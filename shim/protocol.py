@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from http import HTTPStatus
 
-import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from shim.errors import BadRequest, HeadersTooLarge, RequestTimeout, ShimError, render
 from shim.settings import Settings, load_settings
 from shim.types import DISCONNECT_EXTENSION, DisconnectSignal
 
-_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 SWEEP_SECONDS = 0.25
 _SWEEPING: set[asyncio.AbstractEventLoop] = set()  # loops with a deadline sweep
 
@@ -96,19 +96,17 @@ class ShimHttpProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(
-            400,
-            "bad_request",
-            "the request is not valid HTTP/1.1 (e.g. Content-Length together with "
-            "Transfer-Encoding, or a malformed header); send one framing only",
+            BadRequest(
+                "the request is not valid HTTP/1.1 (e.g. Content-Length together with "
+                "Transfer-Encoding, or a malformed header); send one framing only"
+            )
         )
 
     def _count(self, size: int) -> None:
         self._header_bytes += size
         if self._header_bytes > self.max_header_bytes and not self.transport.is_closing():
             self._refuse(
-                431,
-                "headers_too_large",
-                f"the request's headers are over {self.max_header_bytes} bytes",
+                HeadersTooLarge(f"the request's headers are over {self.max_header_bytes} bytes")
             )
 
     def _headers_too_slow(self) -> None:
@@ -117,9 +115,7 @@ class ShimHttpProtocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             return  # a response is under way: not a slow request
         self._refuse(
-            408,
-            "request_timeout",
-            f"the request's headers did not arrive within {self.header_timeout:g} s",
+            RequestTimeout(f"the request's headers did not arrive within {self.header_timeout:g} s")
         )
 
     def _body_too_slow(self) -> None:
@@ -131,13 +127,16 @@ class ShimHttpProtocol(HttpToolsProtocol):
         )
         self.transport.close()
 
-    def _refuse(self, status: int, code: str, message: str) -> None:
+    def _refuse(self, error: ShimError) -> None:
+        """Answer on the raw transport (no ASGI cycle exists yet) and close."""
         self._disarm()
-        body = orjson.dumps({"error": {"code": code, "message": message}})
-        head = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status])
-        head += b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)
-        head += b"connection: close\r\n\r\n"
-        self.transport.write(head + body)
+        response = render(error, close=True)
+        head = b"HTTP/1.1 %d %s\r\n" % (
+            response.status,
+            HTTPStatus(response.status).phrase.encode(),
+        )
+        head += b"".join(name + b": " + value + b"\r\n" for name, value in response.headers)
+        self.transport.write(head + b"\r\n" + response.body)
         self.transport.close()
 
     def _arm(self, seconds: float, callback: Callable[[], None]) -> None:

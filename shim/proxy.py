@@ -36,6 +36,7 @@ from shim.errors import (
     Overloaded,
     PayloadTooLarge,
     ShimError,
+    render,
 )
 from shim.fallback import FallbackStatus, RetryBudget
 from shim.flags import FlagView
@@ -688,19 +689,12 @@ def _raw_header(headers: header_policy.RawHeaders, name: bytes) -> bytes | None:
 async def send_error(send: Send, exc: ShimError, ex: Exchange) -> None:
     """Answer with the shim's JSON error shape."""
     ex.request_id = ex.request_id or header_policy.new_request_id()
-    body = orjson.dumps(exc.to_dict())
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *header_policy.shim_headers(ex.request_id, ex.endpoint, ex.backend, ex.fallback),
-    ]
-    if isinstance(exc, MethodNotAllowed):
-        headers.append((b"allow", ", ".join(sorted(exc.allowed)).encode()))
-    if isinstance(exc, Overloaded):
-        headers.append((b"retry-after", str(exc.retry_after).encode()))
-    ex.status, ex.bytes_out = exc.status_code, len(body)
-    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    response = render(
+        exc,
+        headers=header_policy.shim_headers(ex.request_id, ex.endpoint, ex.backend, ex.fallback),
+    )
+    ex.status, ex.bytes_out = response.status, len(response.body)
+    await response.send(send)
 
 
 CLIENT_BODY_FAILURES = frozenset({"bad_json", "bad_shape"})

@@ -6,7 +6,9 @@ re-import the app and see only the environment, so the CLI exports what it was g
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -140,8 +142,11 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     chosen = explicit or os.environ.get("SHIM_CONFIG")
     if chosen:
         path = Path(chosen)
+        key = "--config" if explicit else "SHIM_CONFIG"
+        if path.is_dir():
+            raise ConfigError(f"{path} is a directory; name the TOML file itself", key=key)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist", key="SHIM_CONFIG")
+            raise ConfigError(f"config file {path} does not exist", key=key)
         return path.resolve()
     default = _existing(DEFAULT_CONFIG)
     return default.resolve() if default.is_file() else None
@@ -150,19 +155,69 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
 def load_settings(config: str | os.PathLike[str] | None = None, **overrides: object) -> Settings:
     """Build Settings from the environment, the TOML file and `overrides` (CLI flags).
 
-    Raises ConfigError naming the first bad key, so the CLI prints one line, not a traceback.
+    Raises ConfigError naming the first bad key and where its value came from (the command
+    line, the environment variable, or the file and line), so the CLI prints one line.
     """
     path = config_path(config)
+    given = {k: v for k, v in overrides.items() if v is not None}
 
     class _FromFile(Settings):
         model_config = SettingsConfigDict(toml_file=path)
 
     try:
-        return _FromFile(**{k: v for k, v in overrides.items() if v is not None})
+        return _FromFile(**given)
     except ValidationError as exc:
         error = exc.errors()[0]
-        key = ".".join(str(part) for part in error["loc"]) or "settings"
-        env_name = "SHIM_" + "__".join(str(part) for part in error["loc"]).upper()
-        raise ConfigError(f"{error['msg']} (env {env_name})", key=key) from None
-    except (OSError, ValueError) as exc:  # unreadable or malformed TOML
+        loc = tuple(str(part) for part in error["loc"])
+        key = ".".join(loc) or "settings"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(loc[-1], Settings.model_fields, n=1)
+            message = "unknown setting" + (f", did you mean {close[0]!r}?" if close else "")
+        origin = _origin(loc, given, path)
+        raise ConfigError(f"{message} ({origin})" if origin else message, key=key) from None
+    except (OSError, ValueError) as exc:  # unreadable or malformed TOML (names the line)
         raise ConfigError(str(exc), key=str(path)) from None
+
+
+def _origin(loc: tuple[str, ...], given: dict[str, object], path: Path | None) -> str:
+    """Where the offending value came from, in precedence order: the command line, the
+    environment, the TOML file (with the line of the key, where it can be found)."""
+    if not loc:
+        return ""
+    if loc[0] in given:
+        return f"command line --{loc[0].replace('_', '-')}"
+    environment = {name.upper() for name in os.environ}  # env names are case-insensitive
+    for depth in range(len(loc), 0, -1):
+        name = "SHIM_" + "__".join(loc[:depth]).upper()
+        if name in environment:
+            return f"env {name}"
+    if path is not None:
+        line = toml_key_line(path.read_text(errors="replace"), loc)
+        return f"in {path}, line {line}" if line else f"in {path}"
+    return ""
+
+
+_TABLE = re.compile(r"^\s*\[([^\[\]]+)\]\s*(?:#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_\-.\"' ]+?)\s*=")
+
+
+def toml_key_line(text: str, loc: tuple[str, ...]) -> int | None:
+    """The 1-based line where the key `loc` (e.g. ("pin", "embed")) is set in TOML `text`,
+    as a `key = ...` line, a dotted key, or a `[table]` header; None when not found."""
+
+    def parts(dotted: str) -> tuple[str, ...]:
+        return tuple(part.strip().strip("\"'") for part in dotted.split("."))
+
+    table: tuple[str, ...] = ()
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _TABLE.match(line)
+        if header:
+            table = parts(header.group(1))
+            if table == loc:
+                return number
+            continue
+        key = _KEY.match(line)
+        if key and (table + parts(key.group(1)))[: len(loc)] == loc:
+            return number
+    return None

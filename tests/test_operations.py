@@ -341,3 +341,55 @@ def test_tallied_latencies_publish_exactly_what_observe_would() -> None:
 
     assert samples(bulk) == samples(direct)
     assert tally.counts == {("embed", "rust", "go", "2xx"): len(seconds)}
+
+
+def test_admin_input_errors_say_what_is_wrong_with_one_code_per_kind(
+    start_shim: Callable[..., Shim],
+) -> None:
+    """Malformed input is `invalid_value`; a well-formed change the policy refuses is
+    `flag_refused`; not-JSON and not-an-object are told apart; a 405 names the methods."""
+    shim = start_shim(SHIM_ADMIN_TOKEN=TOKEN)
+    url = f"{shim.admin_url}/_shim/flags/embed"
+
+    def put(body: bytes, endpoint: str = "embed") -> httpx.Response:
+        return httpx.put(f"{shim.admin_url}/_shim/flags/{endpoint}", content=body, headers=AUTH)
+
+    not_json = put(b"serve=go")
+    assert not_json.status_code == 422 and not_json.json()["error"]["code"] == "invalid_value"
+    assert "not JSON" in not_json.json()["error"]["message"]
+    not_object = put(b'["go"]')
+    assert not_object.json()["error"]["code"] == "invalid_value"
+    message = not_object.json()["error"]["message"]
+    assert "JSON object, not an array" in message and "not JSON" not in message
+    for malformed in (b'{"percent": 150}', b'{"percent": "10"}', b'{"serve": "java"}'):
+        answer = put(malformed)
+        assert (answer.status_code, answer.json()["error"]["code"]) == (422, "invalid_value")
+    for refused, endpoint in (
+        (b'{"serve": "rust"}', "matrix_search"),
+        (b'{"shadow": true}', "chat"),
+    ):
+        answer = put(refused, endpoint)
+        assert (answer.status_code, answer.json()["error"]["code"]) == (422, "flag_refused")
+    wrong_method = httpx.post(url, headers=AUTH)
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "PUT"
+    assert "(allowed: PUT)" in wrong_method.json()["error"]["message"]
+    assert audit(shim) == []
+
+
+def test_the_admin_root_lists_every_admin_route(start_shim: Callable[..., Shim]) -> None:
+    shim = start_shim()
+    index = httpx.get(f"{shim.admin_url}/")
+    assert index.status_code == 200 and index.headers["content-type"] == "application/json"
+    document = index.json()
+    routes = {route["path"]: route for route in document["routes"]}
+    assert {"/_shim/flags", "/_shim/flags/{endpoint}", "/_shim/rollback", "/metrics"} <= set(routes)
+    assert routes["/_shim/flags/{endpoint}"]["methods"] == ["PUT"]
+    assert routes["/_shim/flags/{endpoint}"]["needs_token"] is True
+    assert routes["/_shim/flags"]["needs_token"] is False
+    assert all(route["what"] for route in document["routes"])
+    assert "ui" in document  # the operator page's link, null until it is served
+    for path, route in routes.items():  # every listed route answers its listed method
+        if "GET" in route["methods"] and "{" not in path:
+            assert httpx.get(f"{shim.admin_url}{path}").status_code in (200, 503), path
+    missing = httpx.get(f"{shim.admin_url}/nowhere")
+    assert missing.status_code == 404 and "GET / lists" in missing.json()["error"]["message"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from shim.compare import blocking, compare, percentiles
 from shim.parity import judge, markdown
 from tests.flipping import ROUTES
+from tests.servers import SHIM, base_env
 
 
 def kinds(comparison: Any) -> dict[str, str]:
@@ -171,3 +173,65 @@ def test_percentiles_agree_with_numpys_default_method(values: list[float]) -> No
     points = (0, 1, 50, 99, 100)
     expected = [np.percentile(array, p) for p in points]
     assert np.allclose(percentiles(array, points), expected)
+
+
+def test_markdown_notes_say_what_each_verdict_rests_on_and_claim_nothing_without_samples() -> None:
+    with_samples = judge(
+        route_needing("embed", 3),
+        [sample("embed", metrics={"min_cosine": 1.0, "p50_cosine": 1.0})] * 2
+        + [sample("embed", kind="probe", metrics={"min_cosine": 1.0, "p50_cosine": 1.0})],
+    )
+    without = judge(route_needing("sql", 3), [])
+    rows = markdown(ROUTES, {"embed": with_samples, "sql": without}).splitlines()
+    [embed_row] = [row for row in rows if row.startswith("| `embed`")]
+    [sql_row] = [row for row in rows if row.startswith("| `sql`")]
+    assert "1 probe request, 2 shadowed live requests" in embed_row
+    assert "shadowed" not in sql_row and "probe requests" not in sql_row
+    assert "0 of 3 comparisons needed" in sql_row
+
+
+def shim_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`shim ARGS` with nothing running: these answers come before any backend is asked."""
+    env = base_env(SHIM_STATE_DIR=str(tmp_path / "state"), SHIM_RUST_URL="http://127.0.0.1:9")
+    return subprocess.run(
+        [*SHIM, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (["chat"], 1, "chat is not idempotent"),
+        (["chat", "--input", "requests.jsonl"], 1, "chat is not idempotent"),
+        (["matrix_search"], 1, "Go-only"),
+        (["embed", "--input", "missing.jsonl"], 2, "cannot read missing.jsonl"),
+        (["embed", "--input", "."], 2, "is a directory"),
+        (["embed", "--input", "empty.jsonl"], 2, "holds no request bodies"),
+        (["embed", "--samples", "0"], 2, "--samples: must be 1 or more"),
+        (["embed", "--samples", "-3"], 2, "--samples: must be 1 or more"),
+    ],
+)
+def test_probe_mistakes_are_one_line_with_the_right_advice(
+    tmp_path: Path, args: list[str], code: int, says: str
+) -> None:
+    (tmp_path / "empty.jsonl").write_text("\n")
+    (tmp_path / "requests.jsonl").write_text('{"messages": []}\n')
+    result = shim_cli(tmp_path, "parity", "probe", *args)
+    assert result.returncode == code, result.stderr
+    assert says in result.stderr and "Traceback" not in result.stderr
+    assert "turn shadow on" not in result.stderr + result.stdout
+    assert "pass --input" not in result.stderr
+
+
+def test_history_limit_below_one_is_refused(tmp_path: Path) -> None:
+    result = shim_cli(tmp_path, "flags", "--history", "--limit", "-1")
+    assert result.returncode == 2 and "--limit: must be 1 or more" in result.stderr
+
+
+def test_endpoint_help_lists_the_route_tables_names(tmp_path: Path) -> None:
+    flags_help = shim_cli(tmp_path, "flags", "set", "--help").stdout
+    probe_help = shim_cli(tmp_path, "parity", "probe", "--help").stdout
+    for name in ROUTES.routes:
+        assert name in " ".join(flags_help.split())
+    assert "embed" in probe_help and "chat" not in probe_help
+    assert "seed's log format" in probe_help  # --markdown says what it does

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from shim.errors import ConfigError
 from shim.settings import load_settings
+from tests.servers import ROOT, SHIM, base_env
 
 
 @pytest.fixture(autouse=True)
@@ -70,3 +72,70 @@ def test_bad_setting_is_one_error_naming_the_key(tmp_path: Path, text: str, key:
 def test_missing_explicit_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         load_settings(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "says"),
+    [
+        ('port = "abc"\n', "port", 1, "valid integer"),
+        ("workers = 2\nprot = 4120\n", "prot", 2, "did you mean 'port'"),
+        ("# pins\n[pin]\nembed = 'python'\n", "pin.embed", 3, "'rust' or 'go'"),
+        ("pin.embed = 'python'\n", "pin.embed", 1, "'rust' or 'go'"),
+    ],
+)
+def test_a_mistake_in_the_config_file_names_the_file_and_line(
+    tmp_path: Path, text: str, key: str, line: int, says: str
+) -> None:
+    path = toml(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert caught.value.key == key
+    assert f"in {path}, line {line}" in caught.value.message and says in caught.value.message
+    assert "env" not in caught.value.message
+
+
+def test_a_bad_value_from_the_environment_names_the_variable_not_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHIM_PORT", "abc")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(toml(tmp_path, "port = 5000\n"))
+    assert "(env SHIM_PORT)" in caught.value.message and "shim.toml" not in caught.value.message
+
+
+def test_a_bad_value_from_the_command_line_names_the_option(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(toml(tmp_path, ""), workers=0)
+    assert "(command line --workers)" in caught.value.message
+
+
+def test_a_directory_given_as_config_is_reported_as_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(tmp_path)
+    assert "is a directory" in caught.value.message and caught.value.key == "--config"
+
+
+def test_shim_check_prints_one_line_naming_the_config_file(tmp_path: Path) -> None:
+    path = toml(tmp_path, 'host = "127.0.0.1"\nport = "abc"\n')
+    result = subprocess.run(
+        [*SHIM, "check", "--config", str(path)],
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and f"in {path}, line 2" in result.stderr
+
+
+def test_shim_check_prints_pins_as_settings_not_a_dict(tmp_path: Path) -> None:
+    path = toml(tmp_path, "[pin]\nembed = 'go'\nsql = 'rust'\n")
+    result = subprocess.run(
+        [*SHIM, "check", "--config", str(path)],
+        env=base_env(SHIM_STATE_DIR=str(tmp_path / "state")),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pins embed=go, sql=rust" in result.stdout and "{" not in result.stdout
