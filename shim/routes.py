@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from adapters.base import Adapter
 from adapters.errors import OptionsError
+from adapters.jq import JqAdapter
 from adapters.registry import ADAPTERS
 from shim.errors import ConfigError
 from shim.types import BACKENDS, Backend
@@ -28,6 +29,7 @@ _ROUTE_KEYS = frozenset(
     {"adapter", "default", "idempotent", "rust", "go", "options", "parity", "guard"}
     | {"connect_timeout", "read_timeout", "total_timeout"}
 )
+_DECLARED_KEYS = frozenset({"jq", "examples"})  # an endpoint declared with adapter = "jq"
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +199,7 @@ def _parse_route(name: str, spec: Any) -> Route:
         raise ConfigError("endpoint names are lower_snake_case", key=key)
     if not isinstance(spec, Mapping):
         raise ConfigError("must be a table", key=key)
-    unknown = set(spec) - _ROUTE_KEYS
+    unknown = set(spec) - _ROUTE_KEYS - _DECLARED_KEYS
     if unknown:
         raise ConfigError("unknown key", key=f"{key}.{sorted(unknown)[0]}")
     faces = {b: _parse_face(f"{key}.{b}", spec[b]) for b in BACKENDS if b in spec}
@@ -208,8 +210,12 @@ def _parse_route(name: str, spec: Any) -> Route:
         raise ConfigError(f"must be one of {sorted(faces)}", key=f"{key}.default")
     adapter_name = spec.get("adapter", "none")
     adapter = None if adapter_name == "none" else ADAPTERS.get(adapter_name)
+    if adapter_name == "jq":
+        adapter = _declared_adapter(name, spec, key)
+    elif declared := sorted(set(spec) & _DECLARED_KEYS):
+        raise ConfigError('only an adapter = "jq" endpoint takes this', key=f"{key}.{declared[0]}")
     if adapter_name != "none" and adapter is None:
-        choices = ", ".join(["none", *sorted(ADAPTERS)])
+        choices = ", ".join(["none", "jq", *sorted(ADAPTERS)])
         raise ConfigError(f"unknown adapter {adapter_name!r} ({choices})", key=f"{key}.adapter")
     options_spec = spec.get("options", {})
     if not isinstance(options_spec, Mapping):
@@ -236,6 +242,17 @@ def _parse_route(name: str, spec: Any) -> Route:
         parity=_parse_parity(spec.get("parity", {}), adapter_name, f"{key}.parity"),
         guard=_parse_guard(spec.get("guard", {}), f"{key}.guard"),
     )
+
+
+def _declared_adapter(name: str, spec: Mapping[str, Any], key: str) -> JqAdapter:
+    """`[routes.NAME.jq]` compiled and `[[routes.NAME.examples]]` checked, once, here."""
+    table = spec.get("jq", {})
+    if not isinstance(table, Mapping):
+        raise ConfigError("must be a table of jq programs", key=f"{key}.jq")
+    try:
+        return JqAdapter.declare(name, table, examples=spec.get("examples", []))
+    except OptionsError as exc:
+        raise ConfigError(exc.message, key=f"{key}.{exc.field}") from None
 
 
 def _parse_guard(spec: Any, key: str) -> GuardPolicy:
