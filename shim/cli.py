@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from adapters.jq import ANSWER_PROGRAM, PROGRAM_KEYS, REQUEST_PROGRAM, JqAdapter
+from adapters.declared import ANSWER_PROGRAM, PROGRAM_KEYS, REQUEST_PROGRAM, JqAdapter
 from adapters.registry import LOSS_DESCRIPTIONS
 from shim import __version__
 from shim.errors import ConfigError, FlagError, ShimError, UnknownEndpoint

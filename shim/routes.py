@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from adapters.base import Adapter
+from adapters.declared import JqAdapter
 from adapters.errors import OptionsError
-from adapters.jq import JqAdapter
 from adapters.registry import ADAPTERS
 from shim.errors import ConfigError
 from shim.types import BACKENDS, Backend

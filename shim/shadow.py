@@ -385,6 +385,7 @@ def judge_sample(
         comparison = compare_answers(route, answers, client=capture.client)
         problems = blocking(comparison)
         record.update(comparison.to_dict())
+        record["compared_in"] = route.adapter.compared_in(capture.client) if route.adapter else None
         record["status"] = {"rust": answers["rust"][0], "go": answers["go"][0]}
         record["blocking"] = [d.to_dict() for d in problems[:20]]
         below = _below_threshold(route, comparison)
