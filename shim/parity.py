@@ -283,9 +283,9 @@ def _proposal_lines(proposals: list[Proposal]) -> list[str]:
         target = proposal.program.rsplit("_", 1)[-1].capitalize()
         lines += [
             "",
-            f"Proposed mapping: it gives the {target} side in {proposal.support} of "
+            f"Proposed mapping to the {target} side, supported by {proposal.support} of "
             f"{proposal.samples} samples with one-sided fields "
-            f'(`[routes.NAME.jq]` of an `adapter = "jq"` endpoint):',
+            f'(for `[routes.NAME.jq]` of an `adapter = "jq"` endpoint):',
             "",
             "```toml",
             f"{proposal.program} = {_toml_string(proposal.expression)}",

@@ -270,3 +270,20 @@ def test_a_missing_answer_program_is_proposed_by_the_catalogue_and_pasting_it_pa
     verdict = wait_for_parity(shim, "rerank", samples=20)
     assert verdict["verdict"] == "PASS", verdict
     assert verdict["proposals"] == []
+
+
+def test_readme_worked_example_runs_against_a_live_demo(tmp_path: Path) -> None:
+    from tests.test_demo import live_demo, tour_lines
+
+    with live_demo(tmp_path) as run:
+        outputs = [run(line) for line in tour_lines("rerank-tour")]
+    text = "\n".join(r.stdout + r.stderr for r in outputs)
+    assert "jq go_answer_to_rust" in text and "examples: 2 checked" in text
+    assert "x-shim-lossy: took_ms" in text.lower() and '"ranking"' in text
+    assert "FAIL 0/20" in text and "| `$.ranking` | — | 20/20 |" in text
+    assert "Proposed mapping to the Rust side, supported by 20 of 20 samples" in text
+    proposed = "go_answer_to_rust = 'del(.ranking) + {results: [.ranking[] | {index: .doc, "
+    assert text.count(proposed) == 2  # proposed by the probe, carried by the route table
+    assert "rerank    PASS 20/20 identical" in text  # the probe with the shipped table
+    assert "rerank: rust+shadow -> go+shadow" in text
+    assert "x-shim-backend: go" in text.lower() and '"results"' in text
