@@ -8,16 +8,15 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.flipping import wait_for_parity
-from tests.servers import ROOT, Shim, free_port, own_backend, reference
+from tests.servers import ROOT, Shim, free_port
 
 SHIPPED = ROOT / "config" / "routes.toml"
 DOCUMENTS = [
@@ -131,15 +130,6 @@ def test_shadow_on_a_faithful_go_passes_with_its_noisy_took_ms_ignored(
     assert verdict["drift"] == {"rust": {}, "go": {}}
 
 
-@pytest.fixture
-def drifting_go(tmp_path: Path) -> Iterator[str]:
-    go, go_url = reference("go", tmp_path)
-    server, url = own_backend(tmp_path, "drifting_go", UPSTREAM=go_url)
-    yield url
-    server.stop()
-    go.stop()
-
-
 def test_shadow_on_a_drifting_go_fails_naming_the_score(
     start_shim: Callable[..., Shim], drifting_go: str
 ) -> None:
@@ -187,15 +177,6 @@ def test_an_unreachable_go_falls_back_to_rust_in_either_dialect(
         assert answer.headers["x-shim-fallback"] == "go->rust"
         assert answer.headers["x-shim-backend"] == "rust"
         assert set(answer.json()) == keys
-
-
-@pytest.fixture
-def flaky_go(tmp_path: Path) -> Iterator[str]:
-    go, go_url = reference("go", tmp_path)
-    server, url = own_backend(tmp_path, "flaky_go", UPSTREAM=go_url)
-    yield url
-    server.stop()
-    go.stop()
 
 
 def test_the_guard_rolls_a_failing_go_back_on_a_declared_endpoint(

@@ -17,7 +17,7 @@ from shim.flags import FlagStore
 from shim.reference.embedding import unit_embedding
 from shim.shadow import WorkBudget
 from tests.flipping import ROUTES, wait_for_generation, wait_for_parity
-from tests.servers import Shim, own_backend, reference
+from tests.servers import Shim, reference
 
 SEED_ROW = re.compile(
     r"^\| `embed` \| \d{4}-\d{2}-\d{2} \| `/ai/embed` \| `/v1/embed` \| "
@@ -46,16 +46,6 @@ def test_healthy_backends_pass_embed_parity_and_print_the_seed_row(
     table = shim.cli("parity", "--markdown").stdout
     assert SEED_ROW.search(table), table
     assert "No field was seen on one side only." in table
-
-
-@pytest.fixture(scope="module")
-def drifting_go(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("drift")
-    go, go_url = reference("go", tmp)
-    server, url = own_backend(tmp, "drifting_go", UPSTREAM=go_url)
-    yield url
-    server.stop()
-    go.stop()
 
 
 def test_a_drifting_go_backend_fails_naming_min_cosine_missed_id_and_drift(
