@@ -36,6 +36,7 @@ Side = Literal["rust", "go"]
 Relation = Literal["equal", "one_minus"]
 RELATIONS: tuple[Relation, ...] = ("equal", "one_minus")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_SAMPLES = 100  # the latest samples with one-sided fields: the parity view stays fast
 
 
 @dataclass
@@ -80,12 +81,14 @@ class Group:
 
 
 def propose(records: Iterable[Mapping[str, Any]], *, tolerance: float = 1e-6) -> list[Proposal]:
-    """One proposal per program that samples suggest one for, best supported first."""
+    """One proposal per program that samples suggest one for, best supported first (from
+    the latest `MAX_SAMPLES` samples that show one-sided fields, oldest first)."""
     votes: dict[str, Counter[str]] = {}
     details: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
     seen: Counter[str] = Counter()
-    for record in records:
-        one_sided = record.get("one_sided") or {}
+    drifting = [record for record in records if record.get("one_sided")][-MAX_SAMPLES:]
+    for record in drifting:
+        one_sided = record["one_sided"]
         target: Side = "go" if record.get("compared_in") == "go" else "rust"
         source: Side = "rust" if target == "go" else "go"
         if not one_sided.get(target) or not one_sided.get(source):
@@ -196,19 +199,31 @@ def _align(
 ) -> Group | None:
     in_order: list[Leaf] = []
     reordered: list[Leaf] = []
+    mapped_sources = {
+        (source_leaf, relation): mapped
+        for source_leaf, source_values in sources.items()
+        for relation in RELATIONS
+        if (mapped := _apply(relation, source_values)) is not None
+    }
+    sorted_sources: dict[tuple[str, Relation], list[Any]] = {}
     for leaf, values in targets.items():
         ranked = []
-        for source_leaf, source_values in sources.items():
-            if len(source_values) != len(values):
+        sorted_values: list[Any] | None = None
+        for (source_leaf, relation), mapped in mapped_sources.items():
+            if len(mapped) != len(values):
                 continue
-            for rank, relation in enumerate(RELATIONS):
-                mapped = _apply(relation, source_values)
-                if mapped is None:
-                    continue
-                if _same(values, mapped, tolerance):
-                    ranked.append((0, rank, -_likeness(leaf, source_leaf), source_leaf, relation))
-                elif name and _same(_sorted(values), _sorted(mapped), tolerance):
-                    ranked.append((1, rank, -_likeness(leaf, source_leaf), source_leaf, relation))
+            rank = RELATIONS.index(relation)
+            if _same(values, mapped, tolerance):
+                ranked.append((0, rank, -_likeness(leaf, source_leaf), source_leaf, relation))
+                continue
+            if not name:
+                continue  # scalars have no order to restore
+            if sorted_values is None:
+                sorted_values = _sorted(values)
+            if (source_leaf, relation) not in sorted_sources:
+                sorted_sources[source_leaf, relation] = _sorted(mapped)
+            if _same(sorted_values, sorted_sources[source_leaf, relation], tolerance):
+                ranked.append((1, rank, -_likeness(leaf, source_leaf), source_leaf, relation))
         if ranked:
             order, _, _, source_leaf, relation = min(ranked)
             (reordered if order else in_order).append(Leaf(leaf, source_leaf, relation))
@@ -276,7 +291,7 @@ def _sortable(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return type(value) in (int, float)  # not bool (a subclass of int)
 
 
 def _likeness(a: str, b: str) -> float:
