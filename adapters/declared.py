@@ -277,11 +277,11 @@ def same_json(a: Any, b: Any) -> bool:
 
 def json_diff(expected: Any, got: Any, *, expected_name: str = "expected") -> str:
     """A unified diff of two JSON documents, pretty-printed with sorted keys."""
-    lines = [
+    before, after = (
         json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False).splitlines()
         for document in (expected, got)
-    ]
-    diff = difflib.unified_diff(*lines, fromfile=expected_name, tofile="got", lineterm="")
+    )
+    diff = difflib.unified_diff(before, after, fromfile=expected_name, tofile="got", lineterm="")
     return "\n".join(diff)
 
 

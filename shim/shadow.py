@@ -401,7 +401,7 @@ def judge_noise(
     backend: Backend,
     first: tuple[int, bytes],
     second: tuple[int, bytes],
-) -> None:
+) -> dict[str, Any]:
     """Two answers of the same backend to the same request: whatever differs is noise.
 
     Returns the noise record, not yet stored."""
