@@ -11,11 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from shim.flags import FlagStore
 from shim.reference.embedding import unit_embedding
-from shim.shadow import WorkBudget
+from shim.shadow import WorkBudget, compare_pair
 from tests.flipping import ROUTES, wait_for_generation, wait_for_parity
 from tests.servers import Shim, reference
 
@@ -212,3 +213,10 @@ def test_probe_of_a_drifting_backend_exits_non_zero(
     result = shim.cli("parity", "probe", "embed", "--input", str(inputs), check=False)
     assert result.returncode == 1
     assert "FAIL 0/4 min cos=0.95" in result.stdout
+
+
+def test_a_noise_check_translates_both_answers_from_the_backend_that_gave_them() -> None:
+    go_answer = orjson.dumps({"vectors": [[3.0, 4.0]], "dimension": 2, "model": "m"})
+    route = ROUTES["embed"]
+    same = compare_pair(route, ("go", 200, go_answer), ("go", 200, go_answer), client="rust")
+    assert same.differences == [] and same.metrics["min_cosine"] > 0.99999
