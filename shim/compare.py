@@ -93,16 +93,19 @@ class Comparison:
 def leaf_columns(value: Any, path: str) -> dict[str, list[Any]]:
     """`{"results": [{"index": 0}, {"index": 2}]}` at `$` -> `{"$.results[].index": [0, 2]}`.
 
-    Objects are walked; a list gives one column per key of its objects (or one column of
-    its scalars, `$.tags[]`); lists within lists are left out (no mapping is proposed there).
+    Objects are walked; a list gives one column per scalar field of its objects (or one
+    column of its scalars, `$.tags[]`); what nests deeper inside a list, and matrices, is
+    left out (no mapping is proposed there, and records stay small).
     """
     if isinstance(value, dict):
         columns: dict[str, list[Any]] = {}
         for key, item in value.items():
             columns.update(leaf_columns(item, f"{path}.{key}"))
         return columns
-    if isinstance(value, list | np.ndarray):
-        if "[]" in path or not len(value):
+    if isinstance(value, np.ndarray):  # an adapter's matrix: a column only when it is 1-D
+        return {} if value.ndim != 1 or "[]" in path else {f"{path}[]": value.tolist()}
+    if isinstance(value, list):
+        if "[]" in path or not value:
             return {}
         if all(isinstance(item, dict) for item in value):
             keys = dict.fromkeys(key for item in value for key in item)

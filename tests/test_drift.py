@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import jq
+import numpy as np
 import pytest
 
-from shim.compare import compare
+from shim.compare import compare, leaf_columns
 from shim.drift import propose
 
 
@@ -97,3 +98,18 @@ def test_support_counts_the_samples_that_agree() -> None:
     assert proposal.expression == "del(.count) + {total: .count}"
     assert (proposal.support, proposal.samples) == (9, 10)
     assert proposal.mapped == ["`$.total` = `$.count`"]
+
+
+def test_one_sided_values_become_columns_and_matrices_stay_out_of_the_record() -> None:
+    document = {
+        "hits": [{"id": "a", "meta": {"x": 1}}, {"id": "b", "meta": {"x": 2}}],
+        "matrix": np.zeros((2, 3)),
+        "nested": [[1, 2]],
+        "tags": ["p", "q"],
+        "n": 3,
+    }
+    assert leaf_columns(document, "$") == {
+        "$.hits[].id": ["a", "b"],
+        "$.tags[]": ["p", "q"],
+        "$.n": [3],
+    }
