@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,7 @@ ANSWER_PROGRAM: Mapping[tuple[Dialect, Dialect], str] = {
 """(client, backend) -> the program that turns the backend's answer into the client's."""
 PROGRAM_KEYS = (*REQUEST_PROGRAM.values(), *ANSWER_PROGRAM.values())
 MAX_LOSSY_TEXT = 200
+_LONG_DIGITS = re.compile(r"\d{20}")  # an integer that may not fit 64 bits
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,18 +63,25 @@ class Program:
         """The program's one output for `body`.
 
         Raises AdapterError naming the program when jq fails (`.ranking[]` on a null), or
-        when it gives no output, several, or something other than an object.
+        when it gives no output, several, or something other than an object. jq computes in
+        doubles and prints a large one in full (1e300 as 301 digits): such an integer comes
+        back as a float, so the answer can still be serialised.
         """
         try:
-            outputs = self.compiled.input_value(body).all()
+            text = self.compiled.input_text(json.dumps(body)).text()
         except ValueError as exc:  # the binding reports every jq runtime error so
             raise AdapterError(f"the jq program {self.where} failed: {exc}") from None
-        if len(outputs) != 1 or not isinstance(outputs[0], dict):
-            found = f"{len(outputs)} values" if len(outputs) != 1 else _kind(outputs[0])
+        outputs = text.split("\n") if text else []  # compact output: one value per line
+        output = None
+        if len(outputs) == 1:
+            long = _LONG_DIGITS.search(outputs[0]) is not None  # rare: look only then
+            output = json.loads(outputs[0], parse_int=_integer if long else None)
+        if not isinstance(output, dict):
+            found = f"{len(outputs)} values" if len(outputs) != 1 else _kind(output)
             raise AdapterError(
                 f"the jq program {self.where} must give one JSON object, not {found}"
             )
-        return outputs[0]
+        return output
 
 
 class JqAdapter:
@@ -283,6 +292,12 @@ def json_diff(expected: Any, got: Any, *, expected_name: str = "expected") -> st
     )
     diff = difflib.unified_diff(before, after, fromfile=expected_name, tofile="got", lineterm="")
     return "\n".join(diff)
+
+
+def _integer(text: str) -> int | float:
+    """An integer as JSON parsers beyond jq expect it: exact within 64 bits, else a float."""
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else float(value)
 
 
 def _kind(value: Any) -> str:

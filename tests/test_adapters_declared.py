@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from adapters.declared import JqAdapter
@@ -223,3 +224,12 @@ def test_shim_check_prints_the_failing_example_and_exits_2(tmp_path: Path) -> No
         "  jq rust_request_to_go  del(.documents, .top_n) + {docs: .documents, k: .top_n}" in text
     )
     assert "[loses took_ms]" in text and "examples: 2 checked" in text
+
+
+def test_jq_doubles_come_back_serialisable() -> None:
+    """jq prints 1e300 as a 301-digit integer; it comes back a float orjson can write."""
+    answer = {"ranking": [{"doc": 2**40, "score": 1e300}]}
+    body = rerank().translate_response(answer, client="rust", backend="go", options=None).body
+    assert body == {"results": [{"index": 2**40, "relevance_score": 1e300}]}
+    assert isinstance(body["results"][0]["relevance_score"], float)
+    assert orjson.loads(orjson.dumps(body)) == body
