@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from adapters.declared import JqAdapter
 from adapters.errors import AdapterError, ShapeError
@@ -233,3 +235,32 @@ def test_jq_doubles_come_back_serialisable() -> None:
     assert body == {"results": [{"index": 2**40, "relevance_score": 1e300}]}
     assert isinstance(body["results"][0]["relevance_score"], float)
     assert orjson.loads(orjson.dumps(body)) == body
+
+
+scores = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
+rust_answers = st.fixed_dictionaries(
+    {
+        "results": st.lists(
+            st.fixed_dictionaries({"index": st.integers(0, 2**53), "relevance_score": scores}),
+            max_size=20,
+        )
+    }
+)
+rust_requests = st.fixed_dictionaries(
+    {
+        "query": st.text(max_size=30),
+        "documents": st.lists(st.text(max_size=30), max_size=10),
+        "top_n": st.integers(1, 1000),
+    }
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(rust_requests, rust_answers)
+def test_rust_to_go_to_rust_gives_back_what_went_in(request: Any, answer: Any) -> None:
+    adapter = rerank()
+    go = adapter.translate_request(request, client="rust", backend="go", options=None)
+    assert adapter.translate_request(go, client="go", backend="rust", options=None) == request
+    go_answer = adapter.translate_response(answer, client="go", backend="rust", options=None)
+    back = adapter.translate_response(go_answer.body, client="rust", backend="go", options=None)
+    assert back.body == answer
