@@ -288,6 +288,11 @@ def _parse_parity(spec: Any, adapter_name: str, key: str) -> ParityPolicy:
     values: dict[str, Any] = {"comparator": spec.get("comparator", default)}
     if values["comparator"] not in COMPARATORS:
         raise ConfigError(f"must be one of {list(COMPARATORS)}", key=f"{key}.comparator")
+    if adapter_name == "jq" and values["comparator"] not in ("json", "bytes"):
+        # Compared in the client's dialect, whose field names only the route table knows.
+        raise ConfigError(
+            'a jq endpoint is compared with "json" or "bytes"', key=f"{key}.comparator"
+        )
     bounds = {
         "min_cosine": (-1.0, 1.0),
         "min_recall": (0.0, 1.0),

@@ -135,6 +135,11 @@ def test_null_input_does_not_fail_an_object_constructor() -> None:
             "printable ASCII",
         ),
         (lambda r: r.update(options={"x": 1}), "routes.rerank.options.x", "takes no options"),
+        (
+            lambda r: r["parity"].update(comparator="ranking"),
+            "routes.rerank.parity.comparator",
+            '"json" or "bytes"',
+        ),
         (lambda r: r["examples"][0].pop("kind"), "routes.rerank.examples", "example 1 of"),
         (
             lambda r: r["examples"][1].update(kind="reply"),
