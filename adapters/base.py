@@ -55,6 +55,11 @@ class Adapter(Protocol):
         """What a response for this pair cannot carry, in a few words (None: nothing)."""
         ...
 
+    def compared_in(self, client: Dialect) -> Dialect:
+        """The dialect both shadow answers are brought to before they are compared, for a
+        client of this face (the built-in comparators read Rust field names)."""
+        ...
+
 
 def require_object(body: Any, *, what: str) -> JSONObject:
     """The body itself must be a JSON object."""
@@ -97,3 +102,6 @@ class RenamingAdapter:
 
     def losses(self, *, client: Dialect, backend: Dialect, options: None) -> str | None:
         return None
+
+    def compared_in(self, client: Dialect) -> Dialect:
+        return "rust"

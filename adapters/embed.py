@@ -123,5 +123,8 @@ class EmbedAdapter:
             return "magnitude"  # Rust only answers unit vectors: raw Go magnitudes are gone
         return None
 
+    def compared_in(self, client: Dialect) -> Dialect:
+        return "rust"  # the cosine comparator reads `embeddings`
+
 
 EMBED = EmbedAdapter()

@@ -33,7 +33,7 @@ from shim.errors import ConfigError
 from shim.settings import PROJECT_ROOT
 
 BENCHMARKS = PROJECT_ROOT / "benchmarks"
-SCENARIOS = ("small", "embed", "storage", "shadow")
+SCENARIOS = ("small", "embed", "storage", "shadow", "jq")
 PERCENTILES = (50, 75, 90, 99)
 EMBED_8 = json.dumps(
     {"texts": [f"forklift operator {i}" for i in range(8)], "model": "nomic-embed-text"}
@@ -511,6 +511,29 @@ class Bench:
         return [
             Target("shadow off", f"{off_url}/ai/embed", EMBED_8, off_pids, rate=rate),
             Target("shadow on", f"{on_url}/ai/embed", EMBED_8, on_pids, rate=rate),
+        ]
+
+    def jq(self) -> list[Target]:
+        """A small answer translated by jq programs (rerank, declared in the route table)
+        against one of similar size translated by a built-in Python adapter (retrieve, three
+        hits), both served by Go to a Rust-face client; rerank same-dialect as the floor."""
+        go = self.reference("go")
+        shim_url, state, pids = self.shim(self.reference("rust"), go)
+        self.flag(state, "rerank", "go")
+        self.flag(state, "retrieve", "go")
+        documents = [f"forklift operator {i}" for i in range(5)]
+        rerank = {"query": "forklift operator", "documents": documents, "top_n": 3}
+        go_rerank = {"query": "forklift operator", "docs": documents, "k": 3}
+        retrieve = {"query": "forklift operator", "k": 3}
+        return [
+            Target("direct (rerank)", f"{go}/v1/rerank", json.dumps(go_rerank)),
+            Target(
+                "shim rerank same-dialect", f"{shim_url}/v1/rerank", json.dumps(go_rerank), pids
+            ),
+            Target("shim rerank via jq", f"{shim_url}/ai/rerank", json.dumps(rerank), pids),
+            Target(
+                "shim retrieve via Python", f"{shim_url}/vectors/hybrid", json.dumps(retrieve), pids
+            ),
         ]
 
 

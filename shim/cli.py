@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from adapters.declared import ANSWER_PROGRAM, PROGRAM_KEYS, REQUEST_PROGRAM, JqAdapter
 from adapters.registry import LOSS_DESCRIPTIONS
 from shim import __version__
 from shim.errors import ConfigError, FlagError, ShimError, UnknownEndpoint
@@ -689,6 +690,9 @@ def explain_routes(routes: RouteTable) -> str:
             for backend in route.faces:
                 if route.needs_rewrite(client, backend):
                     how = f"translated by {adapter}"
+                    if isinstance(route.adapter, JqAdapter):
+                        pair = (REQUEST_PROGRAM[client, backend], ANSWER_PROGRAM[client, backend])
+                        how += f" ({', '.join(pair)})"
                     loss = route.losses(client, backend)
                     if loss:
                         how += f"; loses {LOSS_DESCRIPTIONS.get(loss, loss)} (X-Shim-Lossy: {loss})"
@@ -697,7 +701,22 @@ def explain_routes(routes: RouteTable) -> str:
                 lines.append(f"  {client:<4} client <- {backend:<4} backend: {how}")
         if route.go_only:
             lines.append("  never sent to rust: flipping it to rust is refused")
+        if isinstance(route.adapter, JqAdapter):
+            lines += _explain_programs(route.adapter)
     return "\n".join(lines)
+
+
+def _explain_programs(adapter: JqAdapter) -> list[str]:
+    """A declared endpoint's jq programs as written, what each loses, its examples."""
+    width = max(len(key) for key in PROGRAM_KEYS)
+    lines = []
+    for key in PROGRAM_KEYS:
+        program = adapter.programs.get(key)
+        text = " ".join(program.source.split()) if program else "(none: same shape)"
+        loss = f"   [loses {adapter.lossy[key]}]" if key in adapter.lossy else ""
+        lines.append(f"  jq {key:<{width}}  {text}{loss}")
+    lines.append(f"  examples: {adapter.examples} checked at start-up and by shim check")
+    return lines
 
 
 # -- demo, parity -------------------------------------------------------------------------

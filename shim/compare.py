@@ -7,7 +7,9 @@ store keeps what they return. Three comparators:
 - `ranking` (search, retrieve): recall@k of ids, rank agreement, score drift;
 - `json` (everything else): a structural diff with numeric tolerance and ignored paths.
 
-Every comparator also reports the fields seen on one side only (the drift catalogue).
+Every comparator also reports the fields seen on one side only (the drift catalogue), with
+their values as columns (`$.results[].index`: one value per element), so the catalogue can
+tell which field on the other side carries the same values (`shim.drift`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from adapters.vectors import row_cosines
 Comparator = Literal["cosine", "ranking", "json", "bytes"]
 Side = Literal["rust", "go"]
 MAX_DIFFERENCES = 20
+MAX_COLUMN_VALUES = 64  # a longer one-sided column is not kept (records stay small)
+MAX_COLUMNS = 32  # per side and comparison
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +59,26 @@ class Comparison:
     metrics: dict[str, float] = field(default_factory=dict)
     only_in: dict[Side, list[str]] = field(default_factory=lambda: {"rust": [], "go": []})
     missed_ids: list[str] = field(default_factory=list)
+    one_sided: dict[Side, dict[str, list[Any]]] = field(
+        default_factory=lambda: {"rust": {}, "go": {}}
+    )
+
+    def keep_one_sided(self, side: Side, path: str, value: Any) -> None:
+        """The leaf values of a field seen on `side` only, appended to its columns."""
+        columns = self.one_sided[side]
+        for column, values in leaf_columns(value, _shape_path(path)).items():
+            if column in columns or len(columns) < MAX_COLUMNS:
+                columns.setdefault(column, []).extend(values)
 
     def to_dict(self) -> dict[str, Any]:
+        kept = {
+            side: {
+                path: [_plain(v) for v in values]
+                for path, values in columns.items()
+                if len(values) <= MAX_COLUMN_VALUES
+            }
+            for side, columns in self.one_sided.items()
+        }
         return {
             "comparator": self.comparator,
             "differences": [d.to_dict() for d in self.differences[:MAX_DIFFERENCES]],
@@ -64,7 +86,43 @@ class Comparison:
             "metrics": self.metrics,
             "only_in": {side: sorted(set(paths)) for side, paths in self.only_in.items()},
             "missed_ids": self.missed_ids[:MAX_DIFFERENCES],
+            **({"one_sided": kept} if kept["rust"] or kept["go"] else {}),
         }
+
+
+def leaf_columns(value: Any, path: str) -> dict[str, list[Any]]:
+    """`{"results": [{"index": 0}, {"index": 2}]}` at `$` -> `{"$.results[].index": [0, 2]}`.
+
+    Objects are walked; a list gives one column per scalar field of its objects (or one
+    column of its scalars, `$.tags[]`); what nests deeper inside a list, and matrices, is
+    left out (no mapping is proposed there, and records stay small).
+    """
+    if isinstance(value, dict):
+        columns: dict[str, list[Any]] = {}
+        for key, item in value.items():
+            columns.update(leaf_columns(item, f"{path}.{key}"))
+        return columns
+    if isinstance(value, np.ndarray):  # an adapter's matrix: a column only when it is 1-D
+        return {} if value.ndim != 1 or "[]" in path else {f"{path}[]": value.tolist()}
+    if isinstance(value, list):
+        if "[]" in path or not value:
+            return {}
+        if all(isinstance(item, dict) for item in value):
+            keys = dict.fromkeys(key for item in value for key in item)
+            columns = {}
+            for key in keys:
+                cells = [item.get(key) for item in value]
+                if not any(isinstance(cell, dict | list) for cell in cells):
+                    columns[f"{path}[].{key}"] = cells
+            return columns
+        if any(isinstance(item, dict | list) for item in value):
+            return {}
+        return {f"{path}[]": list(value)}
+    return {path: [value]}
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def compare(
@@ -184,8 +242,14 @@ def _compare_rankings(
     # Field drift inside hits: compare the sets of keys each side's hits carry.
     rust_keys = set().union(*(h.keys() for h in rust_hits)) if rust_hits else set()
     go_keys = set().union(*(h.keys() for h in go_hits)) if go_hits else set()
-    result.only_in["rust"].extend(f"$.{hits_field}[].{k}" for k in sorted(rust_keys - go_keys))
-    result.only_in["go"].extend(f"$.{hits_field}[].{k}" for k in sorted(go_keys - rust_keys))
+    one_sided: tuple[tuple[Side, list[Any], set[Any]], ...] = (
+        ("rust", rust_hits, rust_keys - go_keys),
+        ("go", go_hits, go_keys - rust_keys),
+    )
+    for side, hits, only in one_sided:
+        for key in sorted(only):
+            result.only_in[side].append(f"$.{hits_field}[].{key}")
+            result.one_sided[side][f"$.{hits_field}[].{key}"] = [h.get(key) for h in hits]
     diff_json(rust, go, "$", result, tolerance=tolerance, ignore=(*ignore, f"$.{hits_field}"))
     return result
 
@@ -210,9 +274,11 @@ def diff_json(
             if key not in go:
                 result.differences.append(Difference(child, "missing_in_go", rust[key], None))
                 result.only_in["rust"].append(_shape_path(child))
+                result.keep_one_sided("rust", child, rust[key])
             elif key not in rust:
                 result.differences.append(Difference(child, "missing_in_rust", None, go[key]))
                 result.only_in["go"].append(_shape_path(child))
+                result.keep_one_sided("go", child, go[key])
             else:
                 diff_json(rust[key], go[key], child, result, tolerance=tolerance, ignore=ignore)
         return

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from shim.drift import Proposal, propose
 from shim.jsonl import append_lines, read_lines, read_records
 from shim.routes import Route, RouteTable
 
@@ -108,6 +109,7 @@ class Verdict:
     differing_paths: dict[str, int] = field(default_factory=dict)
     last_sample: float | None = None
     sources: dict[str, int] = field(default_factory=dict)  # comparisons per kind (shadow, probe)
+    proposals: list[Proposal] = field(default_factory=list)
 
     @property
     def failed(self) -> int:
@@ -144,6 +146,7 @@ class Verdict:
             "noise": self.noise,
             "differing_paths": self.differing_paths,
             "worst": self.worst,
+            "proposals": [p.to_dict() for p in self.proposals],
             "last_sample": _iso(self.last_sample) if self.last_sample else None,
             "sources": self.sources,
         }
@@ -215,6 +218,7 @@ def judge(route: Route, records: Iterable[Mapping[str, Any]]) -> Verdict:
     if recalls:
         verdict.metrics.update(min_recall=min(recalls), mean_recall=sum(recalls) / len(recalls))
     verdict.differing_paths = dict(differing.most_common(20))
+    verdict.proposals = propose(comparisons, tolerance=policy.tolerance)
     failures.sort(key=lambda entry: entry[0])
     verdict.worst = [_worst_entry(record) for _, record in failures[:3]]
 
@@ -289,7 +293,36 @@ def markdown(routes: RouteTable, results: Mapping[str, Verdict]) -> str:
                 f"| `{path}` | {f'{rust}/{verdict.samples}' if rust else '—'} | "
                 f"{f'{go}/{verdict.samples}' if go else '—'} |"
             )
+        lines += _proposal_lines(verdict.proposals)
     return "\n".join(lines)
+
+
+def _proposal_lines(proposals: list[Proposal]) -> list[str]:
+    """Each proposed mapping as a route-table line an operator can paste."""
+    lines = []
+    for proposal in proposals:
+        target = proposal.program.rsplit("_", 1)[-1].capitalize()
+        lines += [
+            "",
+            f"Proposed mapping to the {target} side, supported by {proposal.support} of "
+            f"{proposal.samples} samples with one-sided fields "
+            f'(for `[routes.NAME.jq]` of an `adapter = "jq"` endpoint):',
+            "",
+            "```toml",
+            f"{proposal.program} = {_toml_string(proposal.expression)}",
+            "```",
+        ]
+        lines += [f"- {line}" for line in proposal.mapped]
+        if proposal.unmapped:
+            lines.append("- not explained: " + ", ".join(f"`{p}`" for p in proposal.unmapped))
+    return lines
+
+
+def _toml_string(text: str) -> str:
+    """A TOML literal string when it can be one (jq programs are full of double quotes)."""
+    if "'" not in text and "\n" not in text:
+        return f"'{text}'"
+    return orjson.dumps(text).decode()
 
 
 def table(results: Mapping[str, Verdict]) -> str:

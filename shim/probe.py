@@ -49,6 +49,13 @@ def builtin_requests(route: Route, face: Backend, count: int) -> Iterator[dict[s
             yield {"index": "workers", "vector": vector, k_field: 5}
         elif route.name == "retrieve":
             yield {"query": phrase, k_field: 5}
+        elif route.name == "rerank":  # the endpoint config/routes.toml declares with jq
+            documents = list(PHRASES)
+            yield {
+                "query": phrase,
+                "documents" if face == "rust" else "docs": documents,
+                "top_n" if face == "rust" else "k": 3,
+            }
         elif route.name == "sql":
             statement = f"select id, role, years from workers where years > {index % 20} limit 10"
             yield {"sql" if face == "rust" else "query": statement}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from adapters.base import Adapter
+from adapters.declared import JqAdapter
 from adapters.errors import OptionsError
 from adapters.registry import ADAPTERS
 from shim.errors import ConfigError
@@ -30,6 +31,7 @@ _ROUTE_KEYS = frozenset(
 )
 DEFAULT_FALLBACK_ON = frozenset({500, 502, 503, 504})
 BODY_KINDS = ("json", "bytes")
+_DECLARED_KEYS = frozenset({"jq", "examples"})  # an endpoint declared with adapter = "jq"
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +198,7 @@ def _parse_route(name: str, spec: Any) -> Route:
         raise ConfigError("endpoint names are lower_snake_case", key=key)
     if not isinstance(spec, Mapping):
         raise ConfigError("must be a table", key=key)
-    unknown = set(spec) - _ROUTE_KEYS
+    unknown = set(spec) - _ROUTE_KEYS - _DECLARED_KEYS
     if unknown:
         raise ConfigError("unknown key", key=f"{key}.{sorted(unknown)[0]}")
     faces = {b: _parse_face(f"{key}.{b}", spec[b]) for b in BACKENDS if b in spec}
@@ -207,8 +209,12 @@ def _parse_route(name: str, spec: Any) -> Route:
         raise ConfigError(f"must be one of {sorted(faces)}", key=f"{key}.default")
     adapter_name = spec.get("adapter", "none")
     adapter = None if adapter_name == "none" else ADAPTERS.get(adapter_name)
+    if adapter_name == "jq":
+        adapter = _declared_adapter(name, spec, key)
+    elif declared := sorted(set(spec) & _DECLARED_KEYS):
+        raise ConfigError('only an adapter = "jq" endpoint takes this', key=f"{key}.{declared[0]}")
     if adapter_name != "none" and adapter is None:
-        choices = ", ".join(["none", *sorted(ADAPTERS)])
+        choices = ", ".join(["none", "jq", *sorted(ADAPTERS)])
         raise ConfigError(f"unknown adapter {adapter_name!r} ({choices})", key=f"{key}.adapter")
     options_spec = spec.get("options", {})
     if not isinstance(options_spec, Mapping):
@@ -259,6 +265,17 @@ def _parse_body(value: Any, has_adapter: bool, key: str) -> bool:
     return value == "json"
 
 
+def _declared_adapter(name: str, spec: Mapping[str, Any], key: str) -> JqAdapter:
+    """`[routes.NAME.jq]` compiled and `[[routes.NAME.examples]]` checked, once, here."""
+    table = spec.get("jq", {})
+    if not isinstance(table, Mapping):
+        raise ConfigError("must be a table of jq programs", key=f"{key}.jq")
+    try:
+        return JqAdapter.declare(name, table, examples=spec.get("examples", []))
+    except OptionsError as exc:
+        raise ConfigError(exc.message, key=f"{key}.{exc.field}") from None
+
+
 def _parse_guard(spec: Any, key: str) -> GuardPolicy:
     if not isinstance(spec, Mapping):
         raise ConfigError("must be a table", key=key)
@@ -292,6 +309,11 @@ def _parse_parity(spec: Any, adapter_name: str, key: str) -> ParityPolicy:
     values: dict[str, Any] = {"comparator": spec.get("comparator", default)}
     if values["comparator"] not in COMPARATORS:
         raise ConfigError(f"must be one of {list(COMPARATORS)}", key=f"{key}.comparator")
+    if adapter_name == "jq" and values["comparator"] not in ("json", "bytes"):
+        # Compared in the client's dialect, whose field names only the route table knows.
+        raise ConfigError(
+            'a jq endpoint is compared with "json" or "bytes"', key=f"{key}.comparator"
+        )
     bounds = {
         "min_cosine": (-1.0, 1.0),
         "min_recall": (0.0, 1.0),

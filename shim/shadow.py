@@ -309,18 +309,32 @@ def shadow_payload(capture: Capture) -> bytes | None:
     return orjson.dumps(translated, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def canonical(route: Route, backend: Backend, body: bytes) -> Any:
-    """An answer of `backend` in the Rust dialect (raw bytes for routes without adapter)."""
+def canonical(route: Route, backend: Backend, body: bytes, dialect: Backend = "rust") -> Any:
+    """An answer of `backend` in `dialect` (raw bytes for routes without adapter)."""
     if route.adapter is None:
         return body
     return route.adapter.translate_response(
-        orjson.loads(body), client="rust", backend=backend, options=route.options
+        orjson.loads(body), client=dialect, backend=backend, options=route.options
     ).body
 
 
-def compare_answers(route: Route, answers: dict[Backend, tuple[int, bytes]]) -> Comparison:
-    """Both backends' answers, brought to one dialect and compared with the route's comparator."""
-    (rust_status, rust_body), (go_status, go_body) = answers["rust"], answers["go"]
+Answer = tuple[Backend, int, bytes]  # the backend that answered, its status, its body
+
+
+def compare_answers(
+    route: Route, answers: dict[Backend, tuple[int, bytes]], *, client: Backend = "rust"
+) -> Comparison:
+    """Both backends' answers, brought to one dialect and compared with the route's comparator.
+
+    The dialect is the adapter's choice for this client's face: Rust for the built-in
+    adapters (their comparators read Rust fields), the client's own for a jq endpoint."""
+    return compare_pair(route, ("rust", *answers["rust"]), ("go", *answers["go"]), client=client)
+
+
+def compare_pair(route: Route, first: Answer, second: Answer, *, client: Backend) -> Comparison:
+    """Two answers compared as the `rust` and `go` sides (a noise check passes two answers
+    of one backend)."""
+    (rust_from, rust_status, rust_body), (go_from, go_status, go_body) = first, second
     if rust_status != go_status:
         return status_difference(rust_status, go_status)
     if not 200 <= rust_status < 300:
@@ -328,9 +342,10 @@ def compare_answers(route: Route, answers: dict[Backend, tuple[int, bytes]]) -> 
     if route.adapter is None or route.parity.comparator == "bytes":
         return compare_bytes(rust_body, go_body)
     documents = {}
-    for backend, body in (("rust", rust_body), ("go", go_body)):
+    dialect = route.adapter.compared_in(client)
+    for side, backend, body in (("rust", rust_from, rust_body), ("go", go_from, go_body)):
         try:
-            documents[backend] = canonical(route, backend, body)
+            documents[side] = canonical(route, backend, body, dialect)
         except (orjson.JSONDecodeError, AdapterError) as exc:
             failed = Comparison(route.parity.comparator)
             failed.differences.append(Difference("$", "error", None, f"{backend}: {exc}"))
@@ -367,9 +382,10 @@ def judge_sample(
         metrics.PARITY_COMPARISONS.labels(route.name, "error").inc()
     else:
         assert answers is not None
-        comparison = compare_answers(route, answers)
+        comparison = compare_answers(route, answers, client=capture.client)
         problems = blocking(comparison)
         record.update(comparison.to_dict())
+        record["compared_in"] = route.adapter.compared_in(capture.client) if route.adapter else None
         record["status"] = {"rust": answers["rust"][0], "go": answers["go"][0]}
         record["blocking"] = [d.to_dict() for d in problems[:20]]
         below = _below_threshold(route, comparison)
@@ -385,12 +401,12 @@ def judge_noise(
     backend: Backend,
     first: tuple[int, bytes],
     second: tuple[int, bytes],
-) -> None:
+) -> dict[str, Any]:
     """Two answers of the same backend to the same request: whatever differs is noise.
 
     Returns the noise record, not yet stored."""
     route = capture.route
-    comparison = compare_answers(route, {"rust": first, "go": second})
+    comparison = compare_pair(route, (backend, *first), (backend, *second), client=capture.client)
     record = base_record(route.name, "noise", capture.request_id)
     record.update(
         backend=backend,

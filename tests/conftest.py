@@ -26,6 +26,27 @@ def echo_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
 
 
+def wrapped_go(tmp: Path, module: str) -> Iterator[str]:
+    """One of tests/backends/' Go wrappers in front of a reference Go backend of its own."""
+    go, go_url = reference("go", tmp)
+    server, url = own_backend(tmp, module, UPSTREAM=go_url)
+    yield url
+    server.stop()
+    go.stop()
+
+
+@pytest.fixture(scope="module")
+def drifting_go(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Go that bends embed vectors, drops the top search hit and lowers rerank scores."""
+    yield from wrapped_go(tmp_path_factory.mktemp("drift"), "drifting_go")
+
+
+@pytest.fixture
+def flaky_go(tmp_path: Path) -> Iterator[str]:
+    """A Go failing every other request with 503 (fresh for each test: it counts)."""
+    yield from wrapped_go(tmp_path, "flaky_go")
+
+
 @pytest.fixture
 def start_shim(tmp_path: Path, backends: dict[str, str]) -> Iterator[Callable[..., Shim]]:
     """Factory: start `shim serve` against the reference backends (or given URLs)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -22,15 +24,15 @@ from tests.servers import ROOT, base_env, free_port
 SHIM_COMMAND = str(Path(sys.executable).parent / "shim")
 
 
-def tour_block() -> str:
+def tour_block(marker: str = "demo-tour") -> str:
     readme = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- demo-tour.*?-->\s*```bash\n(.*?)```", readme, re.S)
-    assert block, "README lost its demo tour block"
+    block = re.search(rf"<!-- {marker}.*?-->\s*```bash\n(.*?)```", readme, re.S)
+    assert block, f"README lost its {marker} block"
     return block.group(1)
 
 
-def tour_lines() -> list[str]:
-    return [ln for ln in tour_block().splitlines() if ln.strip() and not ln.startswith("#")]
+def tour_lines(marker: str = "demo-tour") -> list[str]:
+    return [ln for ln in tour_block(marker).splitlines() if ln.strip() and not ln.startswith("#")]
 
 
 def test_the_readme_tour_is_the_banners_text() -> None:
@@ -83,13 +85,15 @@ def test_a_taken_port_is_named_before_anything_starts(tmp_path: Path) -> None:
     assert time.monotonic() - started < 10
 
 
-def test_readme_demo_tour_runs_against_a_live_demo(tmp_path: Path) -> None:
-    """Over the state of an earlier demo (embed already on go): the demo starts fresh, so
-    the tour's "the parity gate refuses" line holds on every run."""
+@contextlib.contextmanager
+def live_demo(tmp_path: Path) -> Iterator[Callable[[str], subprocess.CompletedProcess[str]]]:
+    """`shim demo` on free ports; yields a runner for README lines (ports and paths put
+    right, an `export` line kept for the lines after it as in one terminal, each line
+    checked for its exit code: 0, or 1 where it says `# exits 1`). On the way out: Ctrl-C
+    to the whole process group, as a terminal does, and no traceback, no plain-text log
+    line, nothing left listening."""
     ports = {"4120": free_port(), "4121": free_port(), "3100": free_port(), "4110": free_port()}
     shim_command = SHIM_COMMAND
-    stale = FlagStore(tmp_path / "state" / "demo", load_routes(ROOT / "config" / "routes.toml"), {})
-    stale.set("embed", serve="go", shadow=True, actor="an earlier demo")
     demo_log = (tmp_path / "demo.log").open("w")
     demo = subprocess.Popen(
         [
@@ -111,6 +115,34 @@ def test_readme_demo_tour_runs_against_a_live_demo(tmp_path: Path) -> None:
         text=True,
         start_new_session=True,  # its own process group, so a failed stop can be cleaned up
     )
+    # What `shim parity probe` reaches: this demo's backends, not whatever has the defaults.
+    backends = base_env(
+        SHIM_RUST_URL=f"http://127.0.0.1:{ports['3100']}",
+        SHIM_GO_URL=f"http://127.0.0.1:{ports['4110']}",
+    )
+    environment = ""
+
+    def run(line: str) -> subprocess.CompletedProcess[str]:
+        nonlocal environment
+        for default, port in ports.items():
+            line = line.replace(f"127.0.0.1:{default}", f"127.0.0.1:{port}")
+        line = line.replace(".venv/bin/shim", shim_command)
+        line = line.replace("config/routes.toml", str(ROOT / "config" / "routes.toml"))
+        line = line.replace("/tmp/", f"{tmp_path}/")
+        if line.startswith("export "):
+            environment += line + "\n"
+        result = subprocess.run(
+            ["bash", "-c", environment + line],
+            cwd=tmp_path,
+            env=backends,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        expected = 1 if line.rstrip().endswith("# exits 1") else 0
+        assert result.returncode == expected, f"{line}\n{result.stdout}{result.stderr}"
+        return result
+
     try:
         banner = ""
         assert demo.stdout is not None
@@ -120,36 +152,7 @@ def test_readme_demo_tour_runs_against_a_live_demo(tmp_path: Path) -> None:
             assert line, "demo exited before printing its banner"
             banner += line
         assert f"127.0.0.1:{ports['4120']}" in banner
-        outputs = []
-        environment = ""  # an `export` line holds for the lines after it, as in one terminal
-        for line in tour_lines():
-            for default, port in ports.items():
-                line = line.replace(f"127.0.0.1:{default}", f"127.0.0.1:{port}")
-            line = line.replace(".venv/bin/shim", shim_command)
-            if line.startswith("export "):
-                environment += line + "\n"
-            result = subprocess.run(
-                ["bash", "-c", environment + line],
-                cwd=tmp_path,
-                env=base_env(),
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
-            expected = 1 if line.rstrip().endswith("# exits 1") else 0
-            assert result.returncode == expected, f"{line}\n{result.stdout}{result.stderr}"
-            outputs += [result.stdout, result.stderr]
-        text = "\n".join(outputs)
-        assert "x-shim-backend: rust" in text.lower()
-        assert "x-shim-backend: go" in text.lower()
-        assert '"model":"nomic-embed-text"' in text
-        assert '"vectors"' in text and "not_found" in text
-        assert "embed: go+shadow -> rust+shadow" in text
-        assert "needs a recent PASS parity verdict" in text  # the gate said no, first
-        assert "PASS 20/20 cos≥0.99999" in text
-        assert "x-shim-lossy: column-types" in text.lower() and '"hits"' in text
-        assert '"changed":true' in text  # the API write with the demo's token
-        assert '"service":"cutover-shim admin"' in text
+        yield run
     finally:
         children = children_of(demo.pid)
         os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
@@ -180,6 +183,29 @@ def test_readme_demo_tour_runs_against_a_live_demo(tmp_path: Path) -> None:
                 break
         else:
             raise AssertionError(f"something still listens on {port} after the demo stopped")
+
+
+def test_readme_demo_tour_runs_against_a_live_demo(tmp_path: Path) -> None:
+    """Over the state of an earlier demo (embed already on go): the demo starts fresh, so
+    the tour's "the parity gate refuses" line holds on every run."""
+    stale = FlagStore(tmp_path / "state" / "demo", load_routes(ROOT / "config" / "routes.toml"), {})
+    stale.set("embed", serve="go", shadow=True, actor="an earlier demo")
+    with live_demo(tmp_path) as run:
+        outputs = []
+        for line in tour_lines():
+            result = run(line)
+            outputs += [result.stdout, result.stderr]
+    text = "\n".join(outputs)
+    assert "x-shim-backend: rust" in text.lower()
+    assert "x-shim-backend: go" in text.lower()
+    assert '"model":"nomic-embed-text"' in text
+    assert '"vectors"' in text and "not_found" in text
+    assert "embed: go+shadow -> rust+shadow" in text
+    assert "needs a recent PASS parity verdict" in text  # the gate said no, first
+    assert "PASS 20/20 cos≥0.99999" in text
+    assert "x-shim-lossy: column-types" in text.lower() and '"hits"' in text
+    assert '"changed":true' in text  # the API write with the demo's token
+    assert '"service":"cutover-shim admin"' in text
 
 
 def test_the_demo_state_is_wiped_unless_kept(tmp_path: Path) -> None:

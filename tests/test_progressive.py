@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import pytest
 
 from shim.canary import bucket
 from shim.fallback import RetryBudget
@@ -19,7 +18,7 @@ from shim.guard import Guard
 from shim.headers import client_request
 from shim.proxy import caller_of
 from tests.flipping import ROUTES, wait_for_generation, wait_for_parity
-from tests.servers import Shim, free_port, own_backend, reference
+from tests.servers import Shim, free_port
 
 KEYS = [f"caller-{i}" for i in range(2000)]
 
@@ -129,15 +128,6 @@ def test_parity_gate_opens_on_a_pass_verdict(start_shim: Callable[..., Shim]) ->
     flipped = shim.cli("flags", "set", "embed", "go", "--shadow")
     assert flipped.returncode == 0 and "forced" not in flipped.stderr
     assert "forced" not in audit(shim)[-1]
-
-
-@pytest.fixture
-def flaky_go(tmp_path: Path) -> Iterator[str]:
-    go, go_url = reference("go", tmp_path)
-    server, url = own_backend(tmp_path, "flaky_go", UPSTREAM=go_url)
-    yield url
-    server.stop()
-    go.stop()
 
 
 def test_guard_rolls_back_a_failing_go_while_clients_get_fallback_answers(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from shim.reference.corpus import INDEX_NAME, Corpus
-from shim.reference.embedding import DIMENSIONS, MODELS, embed_batch
+from shim.reference.embedding import DIMENSIONS, MODELS, embed_batch, unit_embedding
 from shim.reference.sqldb import SqlDatabase, SqlRefused
 from shim.reference.storage import ObjectStore
 from shim.types import Backend
@@ -34,12 +35,18 @@ PATHS: dict[str, dict[Backend, str]] = {
     "sql": {"rust": "/query", "go": "/v1/sql"},
     "storage": {"rust": "/storage/{key:path}", "go": "/v1/storage/{key:path}"},
     "chat": {"rust": "/ai/chat", "go": "/v1/chat"},
+    "rerank": {"rust": "/ai/rerank", "go": "/v1/rerank"},
 }
 GO_ONLY_PATHS = {
     "matrix_search": "/v1/matrix/search",
     "playbooks_record": "/v1/matrix/playbooks/record",
 }
 K_FIELD: dict[Backend, str] = {"rust": "k", "go": "top_k"}
+RERANK_FIELDS: dict[Backend, tuple[str, str]] = {
+    "rust": ("documents", "top_n"),
+    "go": ("docs", "k"),
+}
+RERANK_MODEL = "nomic-embed-text"
 MAX_K = 1000
 _WORD = re.compile(r"\S+")
 Handler = Callable[[Request], Awaitable[Response]]
@@ -171,6 +178,38 @@ class ReferenceGateway:
         tokens = {"input": prompt_tokens, "output": completion_tokens}
         return json_response({"content": reply, "provider": provider, "tokens": tokens})
 
+    async def rerank(self, request: Request) -> Response:
+        """Documents ranked by cosine to the query. Not one of the contract's eight: the
+        endpoint the route table declares with jq programs (README, worked example).
+
+        Rust `{query, documents, top_n}` -> `{results: [{index, relevance_score}]}`;
+        Go `{query, docs, k}` -> `{ranking: [{doc, score}], took_ms}` (`took_ms` differs on
+        every call). Strict about its own dialect: any other field is refused, so a request
+        that was not translated cannot pass unnoticed.
+        """
+        started = time.perf_counter()
+        body = await json_body(request)
+        docs_field, k_field = RERANK_FIELDS[self.backend]
+        unknown = set(body) - {"query", docs_field, k_field}
+        if unknown:
+            raise RefusedRequest(400, f"unknown field {sorted(unknown)[0]!r}")
+        query = field(body, "query", str, "a string")
+        documents = field(body, docs_field, list, "a list of strings")
+        if not all(isinstance(d, str) for d in documents):
+            raise RefusedRequest(400, f"{docs_field} must be a list of strings")
+        k = field(body, k_field, int, "an integer")
+        if not 1 <= k <= MAX_K:
+            raise RefusedRequest(400, f"{k_field} must be between 1 and {MAX_K}")
+        target = unit_embedding(query, RERANK_MODEL)
+        scores = [float(unit_embedding(d, RERANK_MODEL) @ target) for d in documents]
+        order = sorted(range(len(documents)), key=lambda i: (-scores[i], i))[:k]
+        if self.backend == "rust":
+            results = [{"index": i, "relevance_score": scores[i]} for i in order]
+            return json_response({"results": results})
+        took_ms = round((time.perf_counter() - started) * 1000, 3)
+        ranking = [{"doc": i, "score": scores[i]} for i in order]
+        return json_response({"ranking": ranking, "took_ms": took_ms})
+
     async def storage(self, request: Request) -> Response:
         key = request.path_params["key"]
         if request.method == "PUT":
@@ -251,6 +290,7 @@ def create_reference_app(
         "sql": (gateway.sql_query, ["POST"]),
         "storage": (gateway.storage, ["GET", "HEAD", "PUT", "DELETE"]),
         "chat": (gateway.chat, ["POST"]),
+        "rerank": (gateway.rerank, ["POST"]),
     }
     routes = [Route("/health", health, methods=["GET"])]
     for name, (handler, methods) in handlers.items():

@@ -3,6 +3,7 @@
 - `/v1/embed`: every vector turned to cosine 0.95 from the true one, plus a `took_ms` field
   the Rust side never sends;
 - `/v1/vectors/search`: the top hit dropped (one more fetched, so the count stays k);
+- `/v1/rerank`: every score 10% lower (the same documents in the same order);
 - anything else: passed on as it is.
 UPSTREAM names the reference Go backend.
 """
@@ -50,6 +51,11 @@ async def app(scope, receive, send):
         document = upstream.json()
         document["vectors"] = [bend(v) for v in document["vectors"]]
         document["took_ms"] = 3
+        answer = json.dumps(document).encode()
+    elif upstream.status_code == 200 and path == "/v1/rerank":
+        document = upstream.json()
+        for entry in document["ranking"]:
+            entry["score"] *= 0.9
         answer = json.dumps(document).encode()
     elif upstream.status_code == 200 and path == "/v1/vectors/search":
         document = upstream.json()
