@@ -298,3 +298,30 @@ def test_the_shim_serves_under_the_units_syscall_filter_without_write_execute_me
     assert seen <= REFUSED_AND_HARMLESS, f"refused by the unit's filter: {seen}"
     assert [c for c in calls if write_execute(c)] == []
     assert any(c.startswith("mmap(") and "PROT_EXEC" in c for c in calls), "nothing traced"
+
+
+def test_make_install_gives_a_production_virtualenv_without_test_tools(tmp_path: Path) -> None:
+    """The runbook's install: runtime dependencies only, and `shim check` works from there."""
+    if shutil.which("make") is None:
+        pytest.skip("make not installed")
+    prefix = tmp_path / "opt"
+    install = subprocess.run(
+        ["make", "-C", str(ROOT), "install", f"PREFIX={prefix}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    listed = run(str(prefix / ".venv" / "bin" / "pip"), "list", "--format=json").stdout
+    installed = {package["name"].lower() for package in json.loads(listed)}
+    assert "cutover-shim" in installed
+    assert installed & {"pytest", "pytest-timeout", "hypothesis", "ruff"} == set()
+    check = subprocess.run(
+        [str(prefix / ".venv" / "bin" / "shim"), "check"],
+        cwd=prefix,
+        env={"PATH": "/usr/bin:/bin", "SHIM_STATE_DIR": str(tmp_path / "state")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0 and check.stdout.startswith("ok:"), check.stdout + check.stderr
