@@ -30,9 +30,9 @@ SYSTEMD = DEPLOY / "systemd"
 PROMETHEUS = DEPLOY / "prometheus"
 
 # `systemd-analyze security --offline=yes` rates the shipped unit 0.9 with systemd 252. What
-# keeps it above 0 is what a network proxy on the host needs (README, "Runbook: hardening"):
-# its network (PrivateNetwork, AF_INET/AF_INET6, an IP allow list), AF_UNIX for the event
-# loops' socketpairs, the host's root directory, and the RTC read that ProtectClock= implies.
+# keeps it above 0 is what a network proxy on the host needs (README, "Hardening"): its
+# network (PrivateNetwork, AF_INET/AF_INET6, an IP allow list), AF_UNIX for uvloop's signal
+# socketpair, the host's root directory, and the RTC read that ProtectClock= implies.
 MAX_EXPOSURE = 0.9
 ACCEPTED_EXPOSURES = {
     "PrivateNetwork=",
