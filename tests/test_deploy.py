@@ -84,7 +84,7 @@ def test_the_example_prometheus_config_loads_the_rules() -> None:
 
 def exported_names() -> set[str]:
     """Every sample name the shim's metrics can carry, from their definitions."""
-    names = set()
+    names: set[str] = set()
     families = [*REGISTRY.collect(), *AuditCollector(Path("/nonexistent")).collect()]
     for family in families:
         if not family.name.startswith("shim_"):
