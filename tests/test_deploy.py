@@ -148,7 +148,9 @@ def test_systemd_units_and_drop_ins_verify(tmp_path: Path) -> None:
     verify(frontend / "lakehouse-agent.service")
 
 
-def test_unit_security_exposure_stays_at_its_bound(tmp_path: Path) -> None:
+def test_unit_security_exposure_stays_at_its_bound(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`systemd-analyze security --offline=yes` on the shipped unit and its drop-ins."""
     analyze = tool("systemd-analyze", "systemd")
     unit = tmp_path / "cutover-shim.service"
@@ -162,7 +164,8 @@ def test_unit_security_exposure_stays_at_its_bound(tmp_path: Path) -> None:
     found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert found, result.stdout + result.stderr
     score = float(found.group(1))
-    print(f"systemd-analyze security --offline=yes: {score} (bound {MAX_EXPOSURE})")
+    with capsys.disabled():  # shown in every `make test`, not only when the test fails
+        print(f"\nsystemd-analyze security --offline=yes: {score} (bound {MAX_EXPOSURE})")
     details = run(analyze, "security", "--offline=yes", "--json=short", str(unit))
     exposed = {
         item["name"] for item in json.loads(details.stdout) if item["exposure"] not in (None, "0.0")
