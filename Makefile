@@ -4,13 +4,24 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint format soak clean
+.PHONY: demo test lint format soak clean install
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
+
+# A production install: the package and its runtime dependencies only (no pytest, hypothesis
+# or ruff), in $(PREFIX)/.venv where the systemd unit looks for it, with the route table and
+# config beside it (an existing $(PREFIX)/config is left as it is).
+PREFIX ?= /opt/cutover-shim
+
+install:
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
+	$(PYTHON) -m venv $(PREFIX)/.venv
+	$(PREFIX)/.venv/bin/pip install --quiet --disable-pip-version-check --upgrade .
+	[ -e $(PREFIX)/config ] || cp -r config $(PREFIX)/config
 
 demo: $(BIN)/.installed
 	$(BIN)/shim demo

@@ -1,21 +1,28 @@
 """Measure the upstream client choice: one raw ASGI pass-through, three clients.
 
-Run: .venv/bin/python benchmarks/client_choice.py   (needs `wrk`: apt-get install wrk)
+Run: .venv/bin/pip install -e '.[bench]'   (httpx-aiohttp; and wrk: apt-get install wrk)
+     .venv/bin/python benchmarks/client_choice.py [--rounds 2] [--json FILE]
 
 Starts benchmarks/stub_backend.py, then for each client a one-worker uvicorn proxy
-(benchmarks/client_proxy.py) in front of it, drives it with wrk at 32 connections, two
-rounds alternating, and prints RPS and the proxy's CPU time per request.
+(benchmarks/client_proxy.py) in front of it, drives it with wrk at 32 connections, the
+clients alternating round by round, and prints RPS and the proxy's CPU time per request;
+`--json` also stores every round and the medians (the README's table quotes such a file).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import platform
 import re
 import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from statistics import median
 
 from shim.bench import cpu_seconds, free_port
 
@@ -46,11 +53,16 @@ def wrk(port: int, seconds: int) -> str:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write every round and the medians here")
+    args = parser.parse_args()
     backend_port = free_port()
     backend = uvicorn("stub_backend", backend_port, {})
     wait_port(backend_port)
+    rounds: list[dict[str, object]] = []
     try:
-        for round_number in range(2):
+        for round_number in range(args.rounds):
             for kind in KINDS:
                 port = free_port()
                 upstream = f"http://127.0.0.1:{backend_port}"
@@ -66,8 +78,35 @@ def main() -> None:
                 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
                 per_request = used / requests * 1e6
                 print(f"round {round_number} {kind:14s} {rps:9.0f} rps {per_request:7.0f} us CPU")
+                rounds.append(
+                    {
+                        "round": round_number,
+                        "client": kind,
+                        "rps": rps,
+                        "cpu_us_per_request": round(per_request, 1),
+                    }
+                )
     finally:
         backend.terminate()
+    medians = {
+        kind: {
+            key: median(r[key] for r in rounds if r["client"] == kind)
+            for key in ("rps", "cpu_us_per_request")
+        }
+        for kind in KINDS
+    }
+    ratio = medians["httpx-aiohttp"]["rps"] / medians["aiohttp"]["rps"]
+    print(f"httpx-aiohttp / aiohttp RPS (medians): {ratio:.2f}")
+    if args.json:
+        result = {
+            "command": "python benchmarks/client_choice.py " + " ".join(sys.argv[1:]),
+            "date": datetime.now(UTC).date().isoformat(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+            "rounds": rounds,
+            "medians": medians,
+            "httpx_aiohttp_over_aiohttp_rps": round(ratio, 2),
+        }
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -81,6 +81,12 @@ FLAG_SERVING = Gauge(
     ["endpoint", "backend"],
     multiprocess_mode="livemax",
 )
+FLAG_PERCENT = Gauge(
+    "shim_flag_percent",
+    "Canary percent of each endpoint's callers sent to Go; -1 when no canary is set.",
+    ["endpoint"],
+    multiprocess_mode="livemax",
+)
 FLAG_PIN_CONFLICT = Gauge(
     "shim_flag_pin_conflict",
     "1 when an environment pin overrides a different runtime flag (a restart keeps the pin).",
@@ -236,6 +242,11 @@ def observe_flags(state: FlagState, routes: RouteTable, pins: dict[str, Backend]
         effective = resolve(state, routes, pins, name)
         for backend in BACKENDS:
             FLAG_SERVING.labels(name, backend).set(1 if effective.flag.serve == backend else 0)
+        # -1, not an absent series: a multiprocess gauge cannot drop a label set once written.
+        percent = effective.flag.percent
+        FLAG_PERCENT.labels(name).set(-1 if percent is None else percent)
+        # A 0 before the first rollback, so increase() in the alert sees that rollback too.
+        GUARD_ROLLBACKS.labels(name)
         conflict = bool(
             effective.pinned_by
             and effective.runtime

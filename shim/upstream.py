@@ -1,8 +1,9 @@
 """One pooled HTTP client per backend, and the one place aiohttp's errors become ShimErrors.
 
-aiohttp, not httpx: on this machine a raw ASGI pass-through costs ~80 µs CPU per request
-with aiohttp, ~207 µs with httpx over an aiohttp transport and ~1,170 µs with plain httpx
-(`benchmarks/client_choice.py`). Sessions are opened and closed by the app's lifespan.
+aiohttp, not httpx: a raw ASGI pass-through costs less than half the CPU per request with
+aiohttp than with httpx over an aiohttp transport, and a tenth of plain httpx's
+(`benchmarks/client_choice.py`; the figures are in the README's design notes and its stored
+runs in benchmarks/results/). Sessions are opened and closed by the app's lifespan.
 """
 
 from __future__ import annotations
