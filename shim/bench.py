@@ -226,7 +226,9 @@ def wait_ready(address: str, process: subprocess.Popen[bytes]) -> None:
 
 
 def run_wrk(target: Target, seconds: float, connections: int, scratch: Path) -> dict:
+    # --timeout: a 256-text embed answer takes longer than wrk's default 2 s under load
     command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
+    command += ["--timeout", "10s"]
     if target.body is not None:
         script = scratch / f"post-{zlib.crc32(target.body.encode())}.lua"
         script.write_text(
