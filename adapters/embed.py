@@ -6,6 +6,11 @@ Response, Go:   ``{"vectors": [[float]], "dimension": int, "model": str}``, raw 
 
 A flip must not change the embedding space: when the client omits `model`, the request sent
 to the other backend names the *client face's* default model.
+
+Number type (`vector_type`, default float32): both gateways write float32 values as their
+shortest float32 text, so vectors the shim normalises are carried, normalised and written in
+float32. Vectors it does not change (rename only, or rows already unit) come back as the very
+same ndarray it was given, so a caller holding the backend's bytes may pass their text on.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from adapters.base import (
     require_object,
 )
 from adapters.errors import OptionsError, ShapeError
-from adapters.vectors import as_matrix, l2_normalize
+from adapters.vectors import VECTOR_TYPES, VectorType, as_matrix, to_unit_rows
 
 VECTORS_FIELD: Mapping[Dialect, str] = {"rust": "embeddings", "go": "vectors"}
 DIMENSION_FIELD: Mapping[Dialect, str] = {"rust": "dimensions", "go": "dimension"}
@@ -34,10 +39,12 @@ DIMENSION_FIELD: Mapping[Dialect, str] = {"rust": "dimensions", "go": "dimension
 
 @dataclass(frozen=True, slots=True)
 class EmbedOptions:
-    """`normalize_go_face`: Go-face answers are unit-L2 too. `default_model`: per dialect."""
+    """`normalize_go_face`: Go-face answers are unit-L2 too. `default_model`: per dialect.
+    `vector_type`: the type normalised vectors are computed and written in."""
 
     default_model: Mapping[Dialect, str]
     normalize_go_face: bool = False
+    vector_type: VectorType = "float32"
 
 
 class EmbedAdapter:
@@ -46,7 +53,7 @@ class EmbedAdapter:
     name = "embed"
 
     def parse_options(self, raw: Mapping[str, Any]) -> EmbedOptions:
-        unknown = set(raw) - {"default_model", "normalize_go_face"}
+        unknown = set(raw) - {"default_model", "normalize_go_face", "vector_type"}
         if unknown:
             raise OptionsError(f"unknown option {sorted(unknown)[0]!r}", field=sorted(unknown)[0])
         normalize = raw.get("normalize_go_face", False)
@@ -62,7 +69,14 @@ class EmbedAdapter:
                 raise OptionsError(
                     "default model must be a non-empty string", field=f"default_model.{dialect}"
                 )
-        return EmbedOptions(default_model=dict(models), normalize_go_face=normalize)
+        vector_type = raw.get("vector_type", "float32")
+        if vector_type not in VECTOR_TYPES:
+            raise OptionsError(
+                f"vector_type must be one of {', '.join(VECTOR_TYPES)}", field="vector_type"
+            )
+        return EmbedOptions(
+            default_model=dict(models), normalize_go_face=normalize, vector_type=vector_type
+        )
 
     def needs_rewrite(self, *, client: Dialect, backend: Dialect, options: EmbedOptions) -> bool:
         return client != backend or (client == "go" and options.normalize_go_face)
@@ -95,7 +109,8 @@ class EmbedAdapter:
         """Rename fields into the client's dialect; unit-L2 rows for a Rust face (or if set).
 
         Unknown fields are carried over. The vector matrix is returned as an ndarray, ready
-        for a numpy-aware serialiser.
+        for a numpy-aware serialiser; when its numbers do not change it is the very ndarray
+        the body held (given one), so the caller can tell.
         """
         response = require_object(body, what="embed response")
         vectors_field, dimension_field = VECTORS_FIELD[backend], DIMENSION_FIELD[backend]
@@ -110,7 +125,8 @@ class EmbedAdapter:
                 field=dimension_field,
             )
         if client == "rust" or options.normalize_go_face:
-            matrix = l2_normalize(matrix)
+            unit = to_unit_rows(matrix, options.vector_type)
+            matrix = matrix if unit is None else unit
         translated: JSONObject = {
             VECTORS_FIELD[client]: matrix,
             DIMENSION_FIELD[client]: dimension,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import numpy as np
 
@@ -58,6 +59,54 @@ def l2_normalize(matrix: np.ndarray) -> np.ndarray:
     scaled = np.divide(matrix, scale, out=np.zeros_like(matrix), where=scale > 0)
     norms = np.linalg.norm(scaled, axis=1, keepdims=True)
     return np.divide(scaled, norms, out=np.zeros_like(matrix), where=norms > 0)
+
+
+VectorType = Literal["float32", "float64"]
+VECTOR_TYPES: Mapping[VectorType, type[np.floating[Any]]] = {
+    "float32": np.float32,
+    "float64": np.float64,
+}
+# A row whose norm is this close to 1 is already unit in that type: normalising it again
+# would only move its last bits (8 ulps of 1: 9.5e-7 in float32, 1.8e-15 in float64).
+UNIT_TOLERANCE: Mapping[VectorType, float] = {
+    name: 8 * float(np.finfo(kind).eps) for name, kind in VECTOR_TYPES.items()
+}
+_SAFE_FLOAT32_NORM = (1e-18, 1e18)  # rows past these go the careful float64 way
+
+
+def to_unit_rows(matrix: np.ndarray, vector_type: VectorType) -> np.ndarray | None:
+    """`matrix`'s rows at unit L2 norm in `vector_type`, or None when every row already is unit
+    (or zero) within that type's precision: then the numbers need not change at all, and a
+    caller may pass on the backend's own text for them.
+
+    The values are first carried in `vector_type` (float32 recovers a gateway's float32 bits
+    exactly from its shortest float32 text), the norms are summed in float64, and the division
+    is done in `vector_type`: within 1 ulp of the correctly rounded unit vector. Rows whose
+    norms float32 cannot carry (zero, near 1e-18 or 1e18 and beyond) are normalised in float64
+    with rescaling, then rounded once.
+
+    >>> to_unit_rows(np.array([[3.0, 4.0]]), "float32").tolist()
+    [[0.6000000238418579, 0.800000011920929]]
+    >>> to_unit_rows(np.array([[0.6, 0.8], [0.0, 0.0]]), "float32") is None
+    True
+    """
+    if not matrix.size:
+        return None
+    kind = VECTOR_TYPES[vector_type]
+    with np.errstate(over="ignore"):  # a value float32 cannot hold: its row goes the slow way
+        carried = matrix.astype(kind, copy=False)
+        norms = np.sqrt(np.einsum("ij,ij->i", carried, carried, dtype=np.float64))
+    zero = norms == 0.0  # in `vector_type`: a row may have underflowed to zero on the way
+    if np.all((np.abs(norms - 1.0) <= UNIT_TOLERANCE[vector_type]) | zero) and not np.any(
+        matrix[zero]
+    ):
+        return None
+    if kind is np.float64:
+        return l2_normalize(matrix)
+    low, high = _SAFE_FLOAT32_NORM
+    if np.all((norms > low) & (norms < high)):  # False for inf and NaN too
+        return carried / norms.astype(kind)[:, None]
+    return l2_normalize(matrix.astype(np.float64, copy=False)).astype(kind)
 
 
 def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

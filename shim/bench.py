@@ -35,9 +35,17 @@ from shim.settings import PROJECT_ROOT
 BENCHMARKS = PROJECT_ROOT / "benchmarks"
 SCENARIOS = ("small", "embed", "storage", "shadow", "jq")
 PERCENTILES = (50, 75, 90, 99)
-EMBED_8 = json.dumps(
-    {"texts": [f"forklift operator {i}" for i in range(8)], "model": "nomic-embed-text"}
-)
+EMBED_BATCHES = (1, 64, 256)  # besides 8, the batch sizes of the embed series (--embed-batches)
+
+
+def embed_body(texts: int) -> str:
+    """An embed request of `texts` texts (768 dimensions each in the answer)."""
+    return json.dumps(
+        {"texts": [f"forklift operator {i}" for i in range(texts)], "model": "nomic-embed-text"}
+    )
+
+
+EMBED_8 = embed_body(8)
 SMALL = json.dumps({"sql": "select 1"})
 STUB_BODY = '{"ok":true,"items":[1,2,3]}'
 STORAGE_BYTES = 64 * 1024 * 1024
@@ -218,7 +226,9 @@ def wait_ready(address: str, process: subprocess.Popen[bytes]) -> None:
 
 
 def run_wrk(target: Target, seconds: float, connections: int, scratch: Path) -> dict:
+    # --timeout: a 256-text embed answer takes longer than wrk's default 2 s under load
     command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
+    command += ["--timeout", "10s"]
     if target.body is not None:
         script = scratch / f"post-{zlib.crc32(target.body.encode())}.lua"
         script.write_text(
@@ -384,10 +394,17 @@ def measure(
 class Bench:
     """Starts what the chosen scenarios need and knows their targets."""
 
-    def __init__(self, stack: Stack, connections: int, shadow_rate: float) -> None:
+    def __init__(
+        self,
+        stack: Stack,
+        connections: int,
+        shadow_rate: float,
+        embed_batches: tuple[int, ...] = EMBED_BATCHES,
+    ) -> None:
         self.stack = stack
         self.connections = connections
         self.shadow_rate = shadow_rate
+        self.embed_batches = embed_batches
         self.python = [sys.executable, "-m", "shim"]
         self._reference: dict[str, str] = {}
 
@@ -469,16 +486,29 @@ class Bench:
         return targets
 
     def embed(self) -> list[Target]:
-        """Both faces served by Go: the Go face passes through, the Rust face is rewritten
-        (renamed, and every vector normalised to unit length)."""
-        go = self.reference("go")
-        shim_url, state, pids = self.shim(self.reference("rust"), go)
+        """Three directions, 8 texts x 768 and then the batch series: served by Go, the Go face
+        passes through (same-dialect) and the Rust face is rewritten (renamed, every vector
+        normalised); served by Rust, the Go face is only renamed (rename-only, its numbers
+        spliced as they came), against the Rust face passing through."""
+        rust, go = self.reference("rust"), self.reference("go")
+        to_go, state, pids = self.shim(rust, go)
         self.flag(state, "embed", "go")
-        return [
+        to_rust, _, rust_pids = self.shim(rust, go)  # embed's default backend is rust
+        targets = [
             Target("direct", f"{go}/v1/embed", EMBED_8),
-            Target("shim same-dialect", f"{shim_url}/v1/embed", EMBED_8, pids),
-            Target("shim cross-dialect", f"{shim_url}/ai/embed", EMBED_8, pids),
+            Target("shim same-dialect", f"{to_go}/v1/embed", EMBED_8, pids),
+            Target("shim cross-dialect", f"{to_go}/ai/embed", EMBED_8, pids),
+            Target("shim same-dialect (rust)", f"{to_rust}/ai/embed", EMBED_8, rust_pids),
+            Target("shim rename-only", f"{to_rust}/v1/embed", EMBED_8, rust_pids),
         ]
+        for texts in self.embed_batches:
+            body = embed_body(texts)
+            targets += [
+                Target(f"{texts}x768 same-dialect", f"{to_go}/v1/embed", body, pids),
+                Target(f"{texts}x768 normalising", f"{to_go}/ai/embed", body, pids),
+                Target(f"{texts}x768 rename-only", f"{to_rust}/v1/embed", body, rust_pids),
+            ]
+        return targets
 
     def flag(self, state: str, *arguments: str) -> None:
         subprocess.run(
@@ -544,6 +574,7 @@ def bench(
     rounds: int,
     scenarios: list[str],
     shadow_rate: float = 1000.0,
+    embed_batches: tuple[int, ...] = EMBED_BATCHES,
     progress: Callable[[str], None] = print,
 ) -> list[Result]:
     """Run the scenarios; every target of a scenario is measured once per round, in turn."""
@@ -556,7 +587,7 @@ def bench(
     )
     stack = Stack()
     try:
-        builder = Bench(stack, connections, shadow_rate)
+        builder = Bench(stack, connections, shadow_rate, embed_batches)
         targets = {name: getattr(builder, name)() for name in SCENARIOS if name in scenarios}
         baseline_rss: dict[str, float] = {}
         results = []
@@ -654,6 +685,14 @@ def summarise(results: list[Result]) -> tuple[list[dict[str, object]], list[Rati
         ">= 0.6",
     )
     ratio(
+        "embed rename-only / same-dialect RPS",
+        (embed, "shim rename-only"),
+        (embed, "shim same-dialect (rust)"),
+        "rps",
+        ">= 0.85",
+    )
+    ratios += embed_series(by)
+    ratio(
         "storage shim / direct MiB/s",
         ("storage", "shim"),
         ("storage", "direct"),
@@ -671,6 +710,44 @@ def summarise(results: list[Result]) -> tuple[list[dict[str, object]], list[Rati
         "<= 1.05",
     )
     return table, ratios
+
+
+EMBED_DIRECTIONS = {  # the series' direction -> its 8x768 target's name
+    "same-dialect": "shim same-dialect",
+    "normalising": "shim cross-dialect",
+    "rename-only": "shim rename-only",
+}
+
+
+def embed_series(by: dict[tuple[str, str], dict[str, object]]) -> list[Ratio]:
+    """CPU per vector along the batch series, per direction; and how flat it stays from 8 to
+    the largest batch (the target: within 20%)."""
+    found: list[Ratio] = []
+    for direction, at_8 in EMBED_DIRECTIONS.items():
+        per_vector: dict[int, float] = {}
+        for (scenario, target), row in by.items():
+            texts = 8 if target == at_8 else _batch_of(target, direction)
+            cpu = row["cpu_us_per_request"]
+            if scenario == "embed" and texts and isinstance(cpu, float | int):
+                per_vector[texts] = cpu / texts
+        for texts in sorted(per_vector):
+            label = f"embed {direction} CPU us/vector, {texts}x768"
+            found.append(Ratio(label, round(per_vector[texts], 1), ""))
+        largest = max(per_vector, default=0)
+        if direction != "same-dialect" and 8 in per_vector and largest > 8:
+            found.append(
+                Ratio(
+                    f"embed {direction} CPU/vector {largest} / 8 texts",
+                    round(per_vector[largest] / per_vector[8], 2),
+                    "<= 1.2",
+                )
+            )
+    return found
+
+
+def _batch_of(target: str, direction: str) -> int | None:
+    texts, _, rest = target.partition("x768 ")
+    return int(texts) if rest == direction and texts.isdigit() else None
 
 
 def render(table: list[dict[str, object]], ratios: list[Ratio]) -> str:

@@ -235,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000.0,
         help="requests per second, paced, for shadow off vs on (default 1000)",
     )
+    bench.add_argument(
+        "--embed-batches",
+        default="1,64,256",
+        help="texts per request of the embed series, besides 8 (default 1,64,256; '' for none)",
+    )
     bench.add_argument("--json", type=Path, help="also write the results here")
     bench.add_argument(
         "--plot", type=Path, help="latency percentiles as a PNG here (needs matplotlib)"
@@ -777,6 +782,7 @@ def run_bench(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         scenarios=scenarios,
         shadow_rate=args.shadow_rate,
+        embed_batches=tuple(int(n) for n in args.embed_batches.split(",") if n.strip()),
         progress=lambda line: print(line, flush=True),
     )
     table, ratios = summarise(results)

@@ -9,6 +9,7 @@ its adapter and answers in one message.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -46,6 +47,7 @@ from shim.settings import Settings
 from shim.shadow import Capture, Shadower
 from shim.types import DISCONNECT_EXTENSION, Backend, DisconnectSignal, Receive, Scope, Send
 from shim.upstream import Upstream, decode_body, translate_errors
+from shim.vector_wire import answer_codec
 
 access_log = logging.getLogger("shim.access")
 log = logging.getLogger("shim.proxy")
@@ -411,26 +413,37 @@ class Proxy:
                 response_headers.append((b"content-type", content_type))
             await self._send_whole(call.send, ex, status, response_headers, answer)
             return
+        codec = answer_codec(route.adapter)
         try:
-            result = route.adapter.translate_response(
-                parse_json(answer, side=backend),
-                client=client,
-                backend=backend,
-                options=route.options,
-            )
+            if codec is not None:  # parses and writes the answer itself (embed: simdjson)
+                body, lossy = codec(
+                    route.adapter,
+                    answer,
+                    client=client,
+                    backend=backend,
+                    options=route.options,
+                    slow=functools.partial(parse_json, side=backend),
+                )
+            else:
+                result = route.adapter.translate_response(
+                    parse_json(answer, side=backend),
+                    client=client,
+                    backend=backend,
+                    options=route.options,
+                )
+                body, lossy = orjson.dumps(result.body, option=JSON_OPTIONS), result.lossy
         except AdapterError as exc:
             raise BadBackendAnswer(
                 f"the {backend} backend's answer {_adapter_message('response', exc)}"
             ) from None
-        body = orjson.dumps(result.body, option=JSON_OPTIONS)
         response_headers = header_policy.backend_response(raw_headers, rewrite=True)
         response_headers += [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
             *extra,
         ]
-        if result.lossy:
-            response_headers.append((b"x-shim-lossy", result.lossy.encode()))
+        if lossy:
+            response_headers.append((b"x-shim-lossy", lossy.encode()))
         await self._send_whole(call.send, ex, status, response_headers, body)
 
     @staticmethod

@@ -38,6 +38,7 @@ from shim.routes import Route
 from shim.settings import Settings
 from shim.types import Backend
 from shim.upstream import Upstream, decode_body, translate_errors
+from shim.vector_wire import parse_answer
 
 log = logging.getLogger("shim.shadow")
 SHADOW_HEADER = ("X-Shim-Shadow", "1")
@@ -314,7 +315,10 @@ def canonical(route: Route, backend: Backend, body: bytes, dialect: Backend = "r
     if route.adapter is None:
         return body
     return route.adapter.translate_response(
-        orjson.loads(body), client=dialect, backend=backend, options=route.options
+        parse_answer(route.adapter, body, backend),
+        client=dialect,
+        backend=backend,
+        options=route.options,
     ).body
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from adapters.embed import EMBED, EmbedOptions
-from adapters.errors import NonFiniteError, ShapeError
+from adapters.errors import NonFiniteError, OptionsError, ShapeError
 
 OPTIONS = EmbedOptions(default_model={"rust": "nomic-embed-text", "go": "nomic-embed-text-v2-moe"})
 NORMALISING = EmbedOptions(default_model=OPTIONS.default_model, normalize_go_face=True)
@@ -141,16 +141,60 @@ def test_rust_to_go_to_rust_gives_back_the_input(matrix: np.ndarray) -> None:
     assert np.allclose(back["embeddings"], rust["embeddings"], atol=1e-9)
 
 
+# What each number type promises for a unit vector's elements (|x| <= 1): float64 as
+# before; float32 one float32 ulp of 1 (2**-23), the rounding it is written in.
+VECTOR_TYPE_TOLERANCE = {"float64": 1e-9, "float32": 2.0**-23}
+
+
+@pytest.mark.parametrize("vector_type", ["float32", "float64"])
 @settings(max_examples=200, deadline=None)
-@given(matrices)
-def test_go_to_rust_to_go_keeps_directions(matrix: np.ndarray) -> None:
+@given(matrix=matrices)
+def test_go_to_rust_to_go_keeps_directions(matrix: np.ndarray, vector_type: str) -> None:
+    options = EmbedOptions(default_model=OPTIONS.default_model, vector_type=vector_type)  # type: ignore[arg-type]  # a Literal, from the parametrize list
     go = {"vectors": matrix.tolist(), "dimension": matrix.shape[1], "model": "m"}
     original = copy.deepcopy(go)
-    as_rust = EMBED.translate_response(go, client="rust", backend="go", options=OPTIONS).body
-    back = EMBED.translate_response(as_rust, client="go", backend="rust", options=OPTIONS)
+    as_rust = EMBED.translate_response(go, client="rust", backend="go", options=options).body
+    back = EMBED.translate_response(as_rust, client="go", backend="rust", options=options)
     assert go == original
     assert back.lossy == "magnitude"  # declared: raw magnitudes do not survive Rust
-    assert np.allclose(back.body["vectors"], unit_rows(matrix), atol=1e-9)
+    tolerance = VECTOR_TYPE_TOLERANCE[vector_type]
+    assert np.allclose(back.body["vectors"], unit_rows(matrix), rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize("vector_type", ["float32", "float64"])
+@settings(max_examples=100, deadline=None)
+@given(matrix=matrices)
+def test_unit_rows_pass_through_unchanged_in_either_type(
+    matrix: np.ndarray, vector_type: str
+) -> None:
+    """Rows already unit are not normalised again: the same ndarray comes back (and the proxy
+    may then pass the backend's own number text on)."""
+    options = EmbedOptions(default_model=OPTIONS.default_model, vector_type=vector_type)  # type: ignore[arg-type]  # a Literal, from the parametrize list
+    unit = unit_rows(matrix).astype(vector_type).astype(np.float64)
+    body = {"vectors": unit, "dimension": matrix.shape[1], "model": "m"}
+    out = EMBED.translate_response(body, client="rust", backend="go", options=options).body
+    assert out["embeddings"] is unit
+
+
+def test_vector_type_is_a_route_option_defaulting_to_float32() -> None:
+    raw = {"default_model": dict(OPTIONS.default_model)}
+    assert EMBED.parse_options(raw).vector_type == "float32"
+    assert EMBED.parse_options({**raw, "vector_type": "float64"}).vector_type == "float64"
+    with pytest.raises(OptionsError) as caught:
+        EMBED.parse_options({**raw, "vector_type": "float16"})
+    assert caught.value.field == "vector_type"
+
+
+def test_float32_normalisation_keeps_extreme_rows_exact() -> None:
+    """Rows float32 cannot carry (beyond 3.4e38, or underflowing) are normalised in float64
+    and then rounded once, never turned into inf, NaN or zero."""
+    go = go_answer([[3e300, 4e300], [3e-300, 4e-300], [0.0, 0.0]])
+    out = EMBED.translate_response(go, client="rust", backend="go", options=OPTIONS).body
+    assert out["embeddings"].dtype == np.float32
+    assert (
+        out["embeddings"].tolist()
+        == np.array([[0.6, 0.8], [0.6, 0.8], [0.0, 0.0]], dtype=np.float32).tolist()
+    )
 
 
 def unit_rows(matrix: np.ndarray) -> np.ndarray:

@@ -27,6 +27,8 @@ def test_bench_smoke_run_reports_every_target_and_the_ratios(tmp_path: Path) -> 
             "4",
             "--shadow-rate",
             "50",
+            "--embed-batches",
+            "1",  # the batch series, tiny: one size besides 8
             "--json",
             str(output),
         ],
@@ -47,6 +49,9 @@ def test_bench_smoke_run_reports_every_target_and_the_ratios(tmp_path: Path) -> 
         ("embed", "direct"),
         ("embed", "shim same-dialect"),
         ("embed", "shim cross-dialect"),
+        ("embed", "shim same-dialect (rust)"),
+        ("embed", "shim rename-only"),
+        *(("embed", f"1x768 {d}") for d in ("same-dialect", "normalising", "rename-only")),
         ("storage", "direct"),
         ("storage", "shim"),
         ("shadow", "shadow off"),
@@ -58,5 +63,8 @@ def test_bench_smoke_run_reports_every_target_and_the_ratios(tmp_path: Path) -> 
     labels = {ratio["label"]: ratio for ratio in document["ratios"]}
     assert labels["shim / floor RPS"]["goal"] == ">= 0.8"
     assert {"embed cross / same-dialect RPS", "storage shim / direct MiB/s"} <= set(labels)
+    assert labels["embed rename-only / same-dialect RPS"]["goal"] == ">= 0.85"
+    assert labels["embed normalising CPU us/vector, 1x768"]["value"] > 0
+    assert "embed rename-only CPU us/vector, 8x768" in labels
     assert "shadow on / off p50 (paced)" in labels
     assert "shim / floor RPS" in result.stdout
