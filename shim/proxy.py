@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from adapters.errors import AdapterError
 from adapters.sql import is_read_only, statement_of
 from shim import headers as header_policy
 from shim import metrics
+from shim.admission import Admission, GradientLimit, Shed
 from shim.canary import canary_backend
 from shim.errors import (
     BackendError,
@@ -43,7 +45,15 @@ from shim.guard import Guard
 from shim.routes import RouteMatch, RouteTable
 from shim.settings import Settings
 from shim.shadow import Capture, Shadower
-from shim.types import DISCONNECT_EXTENSION, Backend, DisconnectSignal, Receive, Scope, Send
+from shim.types import (
+    BACKENDS,
+    DISCONNECT_EXTENSION,
+    Backend,
+    DisconnectSignal,
+    Receive,
+    Scope,
+    Send,
+)
 from shim.upstream import Upstream, decode_body, translate_errors
 
 access_log = logging.getLogger("shim.access")
@@ -51,6 +61,7 @@ log = logging.getLogger("shim.proxy")
 
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+MEASURED_BYTES = 1024 * 1024  # answers up to this size time the backend (admission)
 
 
 class ClientDisconnected(Exception):
@@ -97,8 +108,30 @@ class Proxy:
             ratio=settings.fallback_budget_ratio, burst=settings.fallback_budget_burst
         )
         self.caller_header = settings.canary_key_header.lower().encode("latin-1")
-        self.max_inflight = settings.max_connections_per_backend
-        self.inflight: dict[Backend, int] = {"rust": 0, "go": 0}
+        ceiling = settings.max_connections_per_backend
+        self.admission: dict[Backend, Admission] = {
+            backend: Admission(
+                backend,
+                GradientLimit(
+                    floor=min(settings.admission_floor, ceiling),
+                    ceiling=ceiling,
+                    tolerance=settings.admission_tolerance,
+                ),
+                queue_limit=settings.queue_limit,
+            )
+            for backend in BACKENDS
+        }
+        for backend, admission in self.admission.items():
+            metrics.watch_admission(backend, admission)
+        self.total_timeout = settings.total_timeout
+        # A wait for a slot may take at most half the route's total timeout, if it has one.
+        self.queue_budget = {
+            route.name: min(
+                route.queue_timeout or settings.queue_timeout,
+                (route.total_timeout or settings.total_timeout or math.inf) / 2,
+            )
+            for route in routes.routes.values()
+        }
         self.max_json_bytes = settings.max_json_bytes
         self.max_backend_json_bytes = max(settings.max_json_bytes * 8, 128 * 1024 * 1024)
         self.log_access = settings.access_log
@@ -237,29 +270,61 @@ class Proxy:
         return self.budget.available()
 
     async def _attempt(self, call: Call, backend: Backend) -> None:
-        """One try on `backend`; the guard hears how Go did."""
-        started = time.perf_counter()
+        """One try on `backend`, once admitted (shim/admission.py); the guard hears how Go did.
+
+        A shed request never reaches the backend, so neither the guard nor the fallback
+        hears of it: it says nothing about the backend's health.
+        """
         route = call.match.route
-        if self.inflight[backend] >= self.max_inflight:
-            raise Overloaded(
-                f"{self.max_inflight} requests are already in flight to the {backend} backend "
-                "in this worker; retry shortly (SHIM_MAX_CONNECTIONS_PER_BACKEND)"
-            )
-        self.inflight[backend] += 1
+        gate = self.admission[backend]
+        waited = 0.0
+        if not gate.try_enter():
+            client = call.scope.get("client")
+            caller = caller_of(call.request, client[0] if client else None)
+            try:
+                waited = await gate.enter(caller, self.queue_budget[route.name])
+            except Shed as shed:
+                metrics.count(metrics.ADMISSION_SHED, backend, shed.reason)
+                raise Overloaded(shed.message) from None
+            metrics.ADMISSION_WAIT.labels(backend).observe(waited)
+        started = time.perf_counter()
+        measured = True  # whether this attempt's time says how loaded the backend is
         try:
-            if route.needs_rewrite(call.match.client, backend):
-                await self._translate(call, backend)
+            total = route.total_timeout or self.total_timeout
+            if waited and total:  # the wait counts towards the route's total timeout
+                async with asyncio.timeout(total - waited):
+                    await self._send_to(call, backend)
             else:
-                await self._stream(call, backend)
-        except (BackendError, FallbackStatus):
+                await self._send_to(call, backend)
+        except TimeoutError:
             if backend == "go":
                 self.guard.observe(route.name, ok=False, seconds=time.perf_counter() - started)
+            raise BackendTimeout(
+                f"the {backend} backend did not answer within the route's total timeout of "
+                f"{total:g} s, {waited:.2f} s of it spent waiting for a slot in the shim"
+            ) from None
+        except (BackendError, FallbackStatus) as failure:
+            if backend == "go":
+                self.guard.observe(route.name, ok=False, seconds=time.perf_counter() - started)
+            measured = not isinstance(failure, BackendUnreachable)
+            raise
+        except BaseException:
+            measured = False  # cancelled: the client left
             raise
         finally:
-            self.inflight[backend] -= 1
+            # A streamed upload or a large answer times the client's network, not the backend.
+            measured = measured and isinstance(call.body, bytes | None)
+            measured = measured and call.ex.bytes_out <= MEASURED_BYTES
+            gate.leave(route.name, time.perf_counter() - started if measured else None)
         if backend == "go":
             ok = call.ex.status < 500
             self.guard.observe(route.name, ok=ok, seconds=time.perf_counter() - started)
+
+    async def _send_to(self, call: Call, backend: Backend) -> None:
+        if call.match.route.needs_rewrite(call.match.client, backend):
+            await self._translate(call, backend)
+        else:
+            await self._stream(call, backend)
 
     def _url(self, match: RouteMatch, backend: Backend, scope: Scope) -> URL:
         """Configured base URL + the route's path for that backend + the raw query string.
