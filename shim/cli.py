@@ -244,7 +244,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if (settings.host, settings.port) == (settings.admin_host, settings.admin_port):
         raise ConfigError("the admin listener needs its own port", key="admin_port")
     _prepare_metrics_dir(settings.resolved_metrics_dir())
-    from shim.supervisor import listening_socket
+    from shim.supervisor import BACKLOG, listening_socket
 
     lock = None
     if settings.workers == 1:
@@ -279,7 +279,8 @@ def run_serve(args: argparse.Namespace) -> int:
         factory=True,
         loop="uvloop",
         http=ShimHttpProtocol,  # httptools, plus read deadlines and JSON refusals
-        limit_concurrency=settings.limit_concurrency,
+        limit_concurrency=None,  # counted per request by ShimHttpProtocol, answered in JSON
+        backlog=BACKLOG,
         lifespan="on",
         workers=settings.workers,
         access_log=False,
