@@ -53,9 +53,7 @@ def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(scenario())
 
 
-def admission(
-    clock: Clock, timers: Timers, *, limit: int = 2, queue_limit: int = 100
-) -> Admission:
+def admission(clock: Clock, timers: Timers, *, limit: int = 2, queue_limit: int = 100) -> Admission:
     controller = GradientLimit(floor=1, ceiling=limit, clock=clock)
     return Admission("rust", controller, queue_limit=queue_limit, clock=clock, timer=timers)
 
