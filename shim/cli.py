@@ -193,14 +193,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=2, help="A B A B alternations (default 2)")
     bench.add_argument(
         "--scenarios",
-        default="small,embed,storage,shadow",
-        help="comma-separated: small, embed, storage, shadow (default all)",
+        default="small,embed,storage,shadow,burst,overload",
+        help="comma-separated: small, embed, storage, shadow, burst, overload (default all)",
     )
     bench.add_argument(
         "--shadow-rate",
         type=float,
         default=1000.0,
         help="requests per second, paced, for shadow off vs on (default 1000)",
+    )
+    bench.add_argument(
+        "--burst", type=int, default=2000, help="requests at once in the burst scenario"
+    )
+    bench.add_argument(
+        "--overload",
+        type=int,
+        default=4000,
+        help="connections at once to one worker in front of a slow backend (overload)",
     )
     bench.add_argument("--json", type=Path, help="also write the results here")
     bench.add_argument(
@@ -639,6 +648,8 @@ def run_bench(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         scenarios=scenarios,
         shadow_rate=args.shadow_rate,
+        burst_size=args.burst,
+        overload_size=args.overload,
         progress=lambda line: print(line, flush=True),
     )
     table, ratios = summarise(results)
