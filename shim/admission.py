@@ -31,6 +31,10 @@ ShedReason = Literal["wait_budget", "queue_full", "caller_share"]
 TIMER_SLACK = 0.01  # waiters due within this are shed together: one timer run, not one each
 MIN_INTERVAL, MAX_INTERVAL = 0.05, 1.0  # the controller decides about once per round trip
 MIN_SAMPLES = 10  # ... and never on fewer answers than this
+LAG_PERIOD = 0.02  # how often a worker checks how late its event loop runs
+# An answer's measured time includes about this many times the loop's mean lateness (the
+# answer waits for the loop to read it, then for the request's task to be run).
+LAG_FACTOR = 4.0
 
 
 class Shed(Exception):
@@ -78,6 +82,38 @@ class SlidingMinimum:
         return self.values[0][1] if self.values else None
 
 
+class LoopLag:
+    """How late this worker's event loop runs what is due: one timer per worker, every
+    `LAG_PERIOD` seconds, started by the first request that needs it.
+
+    A busy worker delays every answer it reads by its own lateness; without this, a worker
+    at full CPU looks like a slow backend, and shrinking the limit would only lower what the
+    worker can pass on.
+    """
+
+    def __init__(self) -> None:
+        self.lateness = 0.0  # smoothed over the last ~0.1 s
+        self._due = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def mean(self) -> float:
+        """The recent mean lateness, in seconds (the first call starts measuring)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._schedule()
+        return self.lateness
+
+    def _schedule(self) -> None:
+        assert self._loop is not None
+        self._due = time.monotonic() + LAG_PERIOD
+        self._loop.call_later(LAG_PERIOD, self._tick)
+
+    def _tick(self) -> None:
+        late = max(0.0, time.monotonic() - self._due)
+        self.lateness += (late - self.lateness) * 0.2
+        self._schedule()
+
+
 class GradientLimit:
     """The in-flight limit to one backend, following its latency (a gradient controller in
     the manner of Netflix's concurrency-limits, on a sliding minimum as in TCP Vegas).
@@ -85,9 +121,11 @@ class GradientLimit:
     Answers are gathered per route over an interval (about one round trip, at least
     `MIN_SAMPLES` answers). Then, with `median` each route's median latency in the interval
     and `baseline` the route's sliding minimum of such medians (only medians from quiet
-    intervals, at most `2 * floor` in flight, can raise it; a lower one always counts):
+    intervals, at most `2 * floor` in flight, can raise it; a lower one always counts), and
+    `lag` the worker's own event-loop lateness (`LoopLag`), which is not the backend's doing:
 
-        ratio    = mean over the interval's answers of median / baseline   (1 when unloaded)
+        excess   = max(0, median - baseline - LAG_FACTOR * lag)
+        ratio    = mean over the interval's answers of (baseline + excess) / baseline
         gradient = clamp(tolerance / ratio, 0.5, 1)
         limit    = clamp(limit * gradient + sqrt(limit), floor, ceiling)
 
@@ -105,11 +143,13 @@ class GradientLimit:
         ceiling: int,
         tolerance: float = 2.0,
         window: float = 60.0,
+        lag: Callable[[], float] = lambda: 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         assert 1 <= floor <= ceiling and tolerance >= 1
         self.floor, self.ceiling, self.tolerance, self.window = floor, ceiling, tolerance, window
         self.clock = clock
+        self.lag = lag
         self.value = float(ceiling)  # the static bound it replaces: no regression at start
         self.limit = ceiling
         self.baselines: dict[str, SlidingMinimum] = {}
@@ -135,6 +175,7 @@ class GradientLimit:
 
     def _decide(self, now: float) -> None:
         quiet = self._peak <= 2 * self.floor
+        own = LAG_FACTOR * self.lag()
         weighted = 0.0
         longest = 0.0
         for route, samples in self._samples.items():
@@ -148,7 +189,8 @@ class GradientLimit:
                 baseline.add(median, now)
                 current = baseline.value(now)
             assert current is not None
-            weighted += len(samples) * median / max(current, 1e-6)
+            excess = max(0.0, median - current - own)
+            weighted += len(samples) * (current + excess) / max(current, 1e-6)
             longest = max(longest, median)
         gradient = min(1.0, max(0.5, self.tolerance * self._count / weighted))
         if 2 * self._peak >= self.value:

@@ -25,7 +25,7 @@ from adapters.errors import AdapterError
 from adapters.sql import is_read_only, statement_of
 from shim import headers as header_policy
 from shim import metrics
-from shim.admission import Admission, GradientLimit, Shed
+from shim.admission import Admission, GradientLimit, LoopLag, Shed
 from shim.canary import canary_backend
 from shim.errors import (
     BackendError,
@@ -109,6 +109,7 @@ class Proxy:
         )
         self.caller_header = settings.canary_key_header.lower().encode("latin-1")
         ceiling = settings.max_connections_per_backend
+        lag = LoopLag()  # one per worker, for both backends' limits
         self.admission: dict[Backend, Admission] = {
             backend: Admission(
                 backend,
@@ -116,6 +117,7 @@ class Proxy:
                     floor=min(settings.admission_floor, ceiling),
                     ceiling=ceiling,
                     tolerance=settings.admission_tolerance,
+                    lag=lag.mean,
                 ),
                 queue_limit=settings.queue_limit,
             )
