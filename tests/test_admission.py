@@ -232,3 +232,15 @@ def test_sliding_minimum_forgets_old_lows_but_keeps_a_baseline() -> None:
     assert window.value(100.0) == 3.0  # nothing newer: the last value stands
     window.add(2.0, 101.0)
     assert window.value(101.0) == 2.0
+
+
+def test_a_busy_workers_own_lateness_is_not_taken_for_a_slow_backend() -> None:
+    clock = Clock()
+    lateness = 0.0
+    controller = GradientLimit(floor=8, ceiling=256, lag=lambda: lateness, clock=clock)
+    feed(controller, clock, 0.005, 4, 200)
+    lateness = 0.010  # the worker runs its callbacks 10 ms late: answers read ~40 ms late
+    feed(controller, clock, 0.045, 250, 2_000)
+    assert controller.limit == 256
+    feed(controller, clock, 0.200, 250, 2_000)  # far more than the worker's lateness explains
+    assert controller.limit < 64
