@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     max_connections_per_backend: int = Field(256, ge=1)  # ceiling of the adaptive limit
     # Admission (shim/admission.py), per backend per worker: past the in-flight limit a request
     # waits up to queue_timeout (a route may override) among at most queue_limit waiters.
-    queue_timeout: float = Field(1.0, gt=0)
+    queue_timeout: float = Field(2.0, gt=0)
     queue_limit: int = Field(4096, ge=1)
     admission_floor: int = Field(16, ge=1)  # the adaptive limit's lowest value
     admission_tolerance: float = Field(2.0, ge=1)  # latency over baseline before it shrinks

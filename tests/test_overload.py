@@ -72,7 +72,9 @@ def test_past_what_a_slow_backend_takes_the_rest_is_shed_in_json_after_its_wait_
     start_shim: Callable[..., Shim], slow_backend: Callable[[int], str]
 ) -> None:
     backend = slow_backend(500)
-    shim = start_shim(rust_url=backend, go_url=backend, SHIM_ACCESS_LOG="false")
+    shim = start_shim(
+        rust_url=backend, go_url=backend, SHIM_ACCESS_LOG="false", SHIM_QUEUE_TIMEOUT="1"
+    )
     assert shim.server.process is not None
     pid = shim.server.process.pid
     runs: list[Burst] = []
