@@ -957,7 +957,9 @@ def median_burst(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "other": other,
         "wall_s": middle("wall_s"),
         "answered_share": round(middle("answered") / middle("sent"), 4),
-        "shed_p50_ms": statistics.median(float(run["shed_ms"].get("50", 0.0)) for run in runs),
+        "shed_p50_ms": statistics.median(  # over the rounds that shed at all
+            [float(run["shed_ms"]["50"]) for run in runs if run["shed_ms"]] or [0.0]
+        ),
     }
     if all("backend_peak" in run for run in runs):
         row["backend_peak"] = max(float(run["backend_peak"]) for run in runs)
