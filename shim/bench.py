@@ -954,7 +954,8 @@ def median_burst(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "sent": middle("sent"),
         "answered": middle("answered"),
         "shed": middle("shed"),
-        "other": other,
+        "other": other,  # summed over the rounds
+        "other_per_round": statistics.median(sum(run["other"].values()) for run in runs),
         "wall_s": middle("wall_s"),
         "answered_share": round(middle("answered") / middle("sent"), 4),
         "shed_p50_ms": statistics.median(  # over the rounds that shed at all
@@ -1012,7 +1013,7 @@ def render(table: list[dict[str, object]], ratios: list[Ratio]) -> str:
             peak = done.get("backend_peak")
             lines.append(
                 f"{row['scenario']:<8} {row['target']:<28} {done['sent']:>6.0f} "
-                f"{done['answered']:>8.0f} {done['shed']:>6.0f} {sum(done['other'].values()):>6} "
+                f"{done['answered']:>8.0f} {done['shed']:>6.0f} {done['other_per_round']:>6.0f} "
                 f"{latency['50']:>8.1f} {latency['99']:>8.1f} {done['shed_p50_ms']:>8.1f} "
                 f"{done['wall_s']:>7.2f} {'-' if peak is None else f'{peak:.0f}':>5}"
             )
