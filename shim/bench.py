@@ -13,6 +13,7 @@ same machine; only ratios are compared. Needs the repository's `benchmarks/` fol
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -465,6 +466,8 @@ async def burst_async(
             outcome("reset")
         finally:
             writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()  # closed before the loop is: no socket left behind
 
     await asyncio.gather(*(one(i) for i in range(count)))
     return Burst(
