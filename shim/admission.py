@@ -14,8 +14,9 @@ not in front of another caller's trickle. A request is shed (the proxy answers 5
                     caller with the most waiters loses its newest one first
 
 The limit follows the backend (`GradientLimit`). No I/O here and no task per request: a
-future per waiter and, per `Admission`, one timer for the earliest deadline. `clock` and
-`timer` are injectable, so the rules are tested without a loop or real time.
+future per waiter, one timer per `Admission` for the earliest deadline, and one per worker
+for its loop's lateness (`LoopLag`). `clock`, `timer` and `lag` are injectable, so the rules
+are tested without a loop or real time.
 """
 
 from __future__ import annotations
