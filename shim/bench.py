@@ -13,6 +13,7 @@ same machine; only ratios are compared. Needs the repository's `benchmarks/` fol
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -28,12 +29,14 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 from shim.errors import ConfigError
-from shim.settings import PROJECT_ROOT
+from shim.settings import PROJECT_ROOT, Settings
 
 BENCHMARKS = PROJECT_ROOT / "benchmarks"
-SCENARIOS = ("small", "embed", "storage", "shadow", "jq")
+BURSTS = ("burst", "overload")  # N requests at once, not a timed run
+SCENARIOS = ("small", "embed", "storage", "shadow", "jq", *BURSTS)
 PERCENTILES = (50, 75, 90, 99)
 EMBED_BATCHES = (1, 64, 256)  # besides 8, the batch sizes of the embed series (--embed-batches)
 
@@ -50,6 +53,8 @@ SMALL = json.dumps({"sql": "select 1"})
 STUB_BODY = '{"ok":true,"items":[1,2,3]}'
 STORAGE_BYTES = 64 * 1024 * 1024
 STORAGE_CONNECTIONS = 4
+SLOW_MS = 500  # the overload scenario's backend: every answer takes this long
+CEILING: int = Settings.model_fields["max_connections_per_backend"].default  # the shim's
 FLOOR = "floor (raw ASGI + aiohttp)"
 RECIPE = "starlette + httpx"
 
@@ -64,6 +69,8 @@ class Target:
     pids: list[int] = field(default_factory=list)
     connections: int | None = None  # None: the run's --connections
     rate: float | None = None  # requests per second (paced), None: as fast as it goes
+    burst: int | None = None  # this many requests at once instead of a timed run
+    peak_url: str | None = None  # a slow backend's count of requests it held at once
 
 
 @dataclass
@@ -76,6 +83,7 @@ class Result:
     errors: int
     mib_per_s: float
     rss_growth_mib: float | None = None
+    burst: dict[str, Any] | None = None  # a burst's answered / shed / other / wall
 
     @property
     def p50_ms(self) -> float:
@@ -149,7 +157,9 @@ class Stack:
         wait_ready(ready, process)
         return process
 
-    def uvicorn(self, module: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def uvicorn(
+        self, module: str, port: int, env: dict[str, str], *, extra: list[str] | None = None
+    ) -> subprocess.Popen[bytes]:
         command = [
             sys.executable,
             "-m",
@@ -165,37 +175,51 @@ class Stack:
             "--no-server-header",
             "--log-level",
             "warning",
+            *(extra or []),
         ]
         return self.start(command, env=env, ready=f"127.0.0.1:{port}")
 
     def nginx(self, stub_port: int, proxy_port: int | None) -> subprocess.Popen[bytes]:
         """nginx as the stub backend (a fixed answer), and as a reverse proxy in front of it."""
-        proxy = (
-            f"server {{ listen 127.0.0.1:{proxy_port}; location / {{ proxy_pass http://stub; "
-            'proxy_http_version 1.1; proxy_set_header Connection ""; } }'
-            if proxy_port
-            else ""
+        stub = (
+            f" upstream stub {{ server 127.0.0.1:{stub_port}; keepalive 64; }}\n"
+            f" server {{ listen 127.0.0.1:{stub_port} backlog=4096; location / {{ "
+            f"default_type application/json; return 200 '{STUB_BODY}'; }} }}\n"
         )
-        temp = self.tmp / "nginx"
+        proxy = _nginx_proxy(proxy_port, "stub") if proxy_port else ""
+        return self._nginx("nginx", stub + proxy, ready=stub_port)
+
+    def nginx_proxies(
+        self, upstream_port: int, proxies: dict[int, int | None]
+    ) -> subprocess.Popen[bytes]:
+        """nginx as a reverse proxy to 127.0.0.1:`upstream_port` on each port of `proxies`,
+        with at most that many connections to it (`max_conns`; None: unbounded)."""
+        blocks = ""
+        for port, bound in proxies.items():
+            limit = f" max_conns={bound}" if bound else ""
+            blocks += (
+                f" upstream u{port} {{ server 127.0.0.1:{upstream_port}{limit}; keepalive 64; }}\n"
+            )
+            blocks += _nginx_proxy(port, f"u{port}")
+        return self._nginx(f"nginx-{upstream_port}", blocks, ready=next(iter(proxies)))
+
+    def _nginx(self, name: str, servers: str, *, ready: int) -> subprocess.Popen[bytes]:
+        # A backlog and connection budget for bursts of thousands: with nginx's defaults (511,
+        # 4,096) a burst of 2,000 through it saw resets and SYNs retried a second later.
+        temp = self.tmp / name
         temp.mkdir(exist_ok=True)
         config = temp / "nginx.conf"
         config.write_text(
             f"worker_processes 1; daemon off; pid {temp}/nginx.pid; error_log {temp}/error.log;\n"
-            "events { worker_connections 4096; }\n"
+            "worker_rlimit_nofile 20000; events { worker_connections 16384; }\n"
             "http {\n access_log off;\n"
             f" client_body_temp_path {temp}/body; proxy_temp_path {temp}/proxy;\n"
             f" fastcgi_temp_path {temp}/fcgi; uwsgi_temp_path {temp}/uwsgi;\n"
-            f" scgi_temp_path {temp}/scgi;\n"
-            f" upstream stub {{ server 127.0.0.1:{stub_port}; keepalive 64; }}\n"
-            f" server {{ listen 127.0.0.1:{stub_port}; location / {{ "
-            f"default_type application/json; return 200 '{STUB_BODY}'; }} }}\n"
-            f" {proxy}\n}}\n"
+            f" scgi_temp_path {temp}/scgi;\n{servers}}}\n"
         )
         binary = nginx_binary()
         assert binary is not None
-        return self.start(
-            [binary, "-c", str(config), "-p", str(temp)], ready=f"127.0.0.1:{stub_port}"
-        )
+        return self.start([binary, "-c", str(config), "-p", str(temp)], ready=f"127.0.0.1:{ready}")
 
     def stop(self) -> None:
         for process in self.processes:
@@ -207,6 +231,13 @@ class Stack:
             except subprocess.TimeoutExpired:
                 process.kill()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _nginx_proxy(port: int, upstream: str) -> str:
+    return (
+        f" server {{ listen 127.0.0.1:{port} backlog=4096; location / {{ proxy_pass "
+        f'http://{upstream}; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}\n'
+    )
 
 
 def wait_ready(address: str, process: subprocess.Popen[bytes]) -> None:
@@ -333,6 +364,144 @@ def run_builtin(target: Target, seconds: float, connections: int, _: Path) -> di
 Loader = Callable[[Target, float, int, Path], dict]
 
 
+@dataclass
+class Burst:
+    """What a burst of requests sent at once got back."""
+
+    sent: int
+    answered: int  # 2xx
+    shed: int  # 503 `overloaded`, in the shim's JSON shape
+    other: dict[str, int]  # anything else, by status (or "connect", "reset", "timeout")
+    latency_ms: dict[str, float]  # percentiles of every answer, from its send to its end
+    wall_s: float  # first send to last answer
+    retry_after: int  # shed answers that carried Retry-After
+    shed_ms: dict[str, float]  # percentiles of the shed answers alone
+
+
+def burst(
+    url: str,
+    count: int,
+    *,
+    body: str | None = None,
+    headers: dict[str, str] | None = None,
+    spread_s: float = 0.0,
+    timeout_s: float = 30.0,
+) -> Burst:
+    """`count` requests on `count` connections: every connection opened first, then every
+    request written at once (or evenly over `spread_s` seconds), then every answer read.
+
+    Raw asyncio streams, so the load generator costs less per request than the proxies it
+    measures (an aiohttp client costs more than the shim).
+    """
+    return asyncio.run(
+        burst_async(url, count, body=body, headers=headers, spread_s=spread_s, timeout_s=timeout_s)
+    )
+
+
+async def burst_async(
+    url: str,
+    count: int,
+    *,
+    body: str | None = None,
+    headers: dict[str, str] | None = None,
+    spread_s: float = 0.0,
+    timeout_s: float = 30.0,
+) -> Burst:
+    """`burst` in a running loop (a test runs two callers' bursts side by side)."""
+    from yarl import URL
+
+    target = URL(url)
+    host, port = target.host or "127.0.0.1", target.port or 80
+    payload = (body or "").encode()
+    head = f"{'GET' if body is None else 'POST'} {target.raw_path_qs} HTTP/1.1\r\n"
+    head += f"Host: {host}:{port}\r\n"
+    for name, value in (headers or {}).items():
+        head += f"{name}: {value}\r\n"
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+    request = head.encode() + b"\r\n" + payload
+    outcomes: dict[str, int] = {}
+    latencies: list[float] = []
+    shed_latencies: list[float] = []
+    retry_after = 0
+    first_sent = last_done = 0.0
+    start = asyncio.Event()
+    unopened = count
+
+    def opened() -> None:
+        nonlocal unopened
+        unopened -= 1
+        if not unopened:
+            start.set()
+
+    def outcome(name: str) -> None:
+        outcomes[name] = outcomes.get(name, 0) + 1
+
+    async def one(index: int) -> None:
+        nonlocal retry_after, first_sent, last_done
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            outcome("connect")
+            return
+        finally:
+            opened()
+        try:
+            await start.wait()
+            if spread_s:
+                await asyncio.sleep(spread_s * index / count)
+            sent = time.perf_counter()
+            first_sent = min(first_sent or sent, sent)
+            writer.write(request)
+            async with asyncio.timeout(timeout_s):
+                status_line = await reader.readline()
+                answer_headers = (await reader.readuntil(b"\r\n\r\n")).lower()
+                length = re.search(rb"content-length: *(\d+)", answer_headers)
+                content = await reader.readexactly(int(length.group(1))) if length else b""
+            done = time.perf_counter()
+            latencies.append(done - sent)
+            last_done = max(last_done, done)
+            status = int(status_line.split()[1])
+            if 200 <= status < 300:
+                outcome("answered")
+            elif status == 503 and b'"overloaded"' in content:
+                outcome("shed")
+                shed_latencies.append(done - sent)
+                retry_after += b"retry-after:" in answer_headers
+            else:
+                outcome(str(status))
+        except TimeoutError:
+            outcome("timeout")
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+            outcome("reset")
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()  # closed before the loop is: no socket left behind
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+    return Burst(
+        sent=count,
+        answered=outcomes.pop("answered", 0),
+        shed=outcomes.pop("shed", 0),
+        other=outcomes,
+        latency_ms=_percentiles(latencies),
+        wall_s=round(last_done - first_sent, 3) if last_done else 0.0,
+        retry_after=retry_after,
+        shed_ms=_percentiles(shed_latencies),
+    )
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    ordered = sorted(seconds)
+    if not ordered:
+        return {}
+    return {
+        str(p): round(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000, 1)
+        for p in PERCENTILES
+    }
+
+
 class RssWatch:
     """The highest resident memory of some processes while a measurement runs."""
 
@@ -365,6 +534,8 @@ def measure(
     scratch: Path,
     baseline_rss: dict[str, float],
 ) -> Result:
+    if target.burst:
+        return measure_burst(scenario, target)
     connections = target.connections or connections
     if target.rate is not None:
         loader = run_builtin  # wrk cannot pace; the built-in generator can
@@ -391,6 +562,42 @@ def measure(
     )
 
 
+def measure_burst(scenario: str, target: Target) -> Result:
+    """One burst of `target.burst` requests at once: answered, shed, latency, CPU, memory."""
+    assert target.burst
+    import httpx
+
+    if target.peak_url:
+        httpx.delete(target.peak_url).raise_for_status()
+    before = cpu_seconds(target.pids)
+    memory_before = rss_mib(target.pids)
+    with RssWatch(target.pids) as memory:
+        run = burst(target.url, target.burst, body=target.body)
+    used = cpu_seconds(target.pids) - before
+    details: dict[str, Any] = {
+        "sent": run.sent,
+        "answered": run.answered,
+        "shed": run.shed,
+        "other": run.other,
+        "wall_s": run.wall_s,
+        "shed_ms": run.shed_ms,
+        "retry_after": run.retry_after,
+    }
+    if target.peak_url:
+        details["backend_peak"] = httpx.get(target.peak_url).json()["peak"]
+    return Result(
+        scenario,
+        target.name,
+        round(run.answered / run.wall_s, 1) if run.wall_s else 0.0,
+        run.latency_ms or {str(p): 0.0 for p in PERCENTILES},
+        round(used / run.sent * 1e6, 1) if target.pids else None,
+        sum(run.other.values()),
+        0.0,
+        round(max(memory.peak - memory_before, 0.0), 1) if target.pids else None,
+        details,
+    )
+
+
 class Bench:
     """Starts what the chosen scenarios need and knows their targets."""
 
@@ -400,8 +607,13 @@ class Bench:
         connections: int,
         shadow_rate: float,
         embed_batches: tuple[int, ...] = EMBED_BATCHES,
+        *,
+        burst_size: int = 2000,
+        overload_size: int = 4000,
     ) -> None:
         self.stack = stack
+        self.burst_size = burst_size
+        self.overload_size = overload_size
         self.connections = connections
         self.shadow_rate = shadow_rate
         self.embed_batches = embed_batches
@@ -457,16 +669,19 @@ class Bench:
         time.sleep(0.5)
         return f"http://127.0.0.1:{port}", str(state), tree(process.pid)
 
-    def small(self) -> list[Target]:
+    def fast_stub(self) -> tuple[str, str | None, list[int]]:
+        """The stub backend (nginx when installed) and nginx as a reverse proxy in front of
+        it: the stub's URL, nginx's URL (None without nginx) and nginx's process ids."""
         stub_port = free_port()
-        nginx = nginx_binary() is not None
-        nginx_port = free_port() if nginx else None
-        if nginx:
-            process = self.stack.nginx(stub_port, nginx_port)
-            nginx_pids = tree(process.pid)
-        else:
+        if nginx_binary() is None:
             self.stack.uvicorn("stub_backend", stub_port, {})
-        stub = f"http://127.0.0.1:{stub_port}"
+            return f"http://127.0.0.1:{stub_port}", None, []
+        nginx_port = free_port()
+        process = self.stack.nginx(stub_port, nginx_port)
+        return f"http://127.0.0.1:{stub_port}", f"http://127.0.0.1:{nginx_port}", tree(process.pid)
+
+    def small(self) -> list[Target]:
+        stub, nginx, nginx_pids = self.fast_stub()
         floor_port, recipe_port = free_port(), free_port()
         floor = self.stack.uvicorn("floor_proxy", floor_port, {"UPSTREAM": stub})
         recipe = self.stack.uvicorn("starlette_httpx_proxy", recipe_port, {"UPSTREAM": stub})
@@ -474,9 +689,7 @@ class Bench:
         two_url, _, two_pids = self.shim(stub, stub, workers=2)
         targets = [Target("direct", f"{stub}/query", SMALL)]
         if nginx:
-            targets.append(
-                Target("nginx", f"http://127.0.0.1:{nginx_port}/query", SMALL, nginx_pids)
-            )
+            targets.append(Target("nginx", f"{nginx}/query", SMALL, nginx_pids))
         targets += [
             Target(FLOOR, f"http://127.0.0.1:{floor_port}/query", SMALL, [floor.pid]),
             Target("shim", f"{shim_url}/query", SMALL, shim_pids),
@@ -508,6 +721,52 @@ class Bench:
                 Target(f"{texts}x768 normalising", f"{to_go}/ai/embed", body, pids),
                 Target(f"{texts}x768 rename-only", f"{to_rust}/v1/embed", body, rust_pids),
             ]
+        return targets
+
+    def burst(self) -> list[Target]:
+        """`burst_size` requests at once against the fast stub: nginx as a reverse proxy, the
+        shim with 1 and with 2 workers (shim/admission.py queues what the limit cannot take)."""
+        stub, nginx, nginx_pids = self.fast_stub()
+        one_url, _, one_pids = self.shim(stub, stub)
+        two_url, _, two_pids = self.shim(stub, stub, workers=2)
+        n = self.burst_size
+        targets = [Target("direct", f"{stub}/ai/embed", SMALL, burst=n)]
+        if nginx:
+            targets.append(Target("nginx", f"{nginx}/ai/embed", SMALL, nginx_pids, burst=n))
+        targets += [
+            Target("shim", f"{one_url}/ai/embed", SMALL, one_pids, burst=n),
+            Target("shim, 2 workers", f"{two_url}/ai/embed", SMALL, two_pids, burst=n),
+        ]
+        return targets
+
+    def overload(self) -> list[Target]:
+        """`overload_size` connections at once to one shim worker in front of a backend that
+        takes SLOW_MS per answer, beside nginx in front of it unbounded, and bounded like the
+        shim (`max_conns`; open-source nginx has no queue, so the rest get a 502 at once)."""
+        port = free_port()
+        slow = f"http://127.0.0.1:{port}"
+        self.stack.uvicorn(
+            "slow_backend",
+            port,
+            {"DELAY_MS": str(SLOW_MS)},
+            # no stale keep-alive connection between rounds; every connection nginx opens
+            extra=["--timeout-keep-alive", "60", "--backlog", "8192"],
+        )
+        shim_url, _, shim_pids = self.shim(slow, slow)
+        peak = f"{slow}/__peak"
+        n = self.overload_size
+        targets = [Target("shim", f"{shim_url}/ai/embed", SMALL, shim_pids, burst=n, peak_url=peak)]
+        if nginx_binary():
+            ceiling = CEILING
+            ports = {
+                "nginx": (free_port(), None),
+                f"nginx max_conns={ceiling}": (free_port(), ceiling),
+            }
+            process = self.stack.nginx_proxies(port, {p: bound for p, bound in ports.values()})
+            pids = tree(process.pid)
+            for name, (proxy_port, _) in ports.items():
+                url = f"http://127.0.0.1:{proxy_port}/ai/embed"
+                targets.append(Target(name, url, SMALL, pids, burst=n, peak_url=peak))
         return targets
 
     def flag(self, state: str, *arguments: str) -> None:
@@ -575,6 +834,8 @@ def bench(
     scenarios: list[str],
     shadow_rate: float = 1000.0,
     embed_batches: tuple[int, ...] = EMBED_BATCHES,
+    burst_size: int = 2000,
+    overload_size: int = 4000,
     progress: Callable[[str], None] = print,
 ) -> list[Result]:
     """Run the scenarios; every target of a scenario is measured once per round, in turn."""
@@ -587,7 +848,14 @@ def bench(
     )
     stack = Stack()
     try:
-        builder = Bench(stack, connections, shadow_rate, embed_batches)
+        builder = Bench(
+            stack,
+            connections,
+            shadow_rate,
+            embed_batches,
+            burst_size=burst_size,
+            overload_size=overload_size,
+        )
         targets = {name: getattr(builder, name)() for name in SCENARIOS if name in scenarios}
         baseline_rss: dict[str, float] = {}
         results = []
@@ -606,8 +874,12 @@ def bench(
                     results.append(result)
                     progress(
                         f"round {round_number + 1}/{rounds} {scenario:<8} {target.name:<28} "
-                        f"{result.rps:>9.0f} rps  p50 {result.p50_ms:7.2f} ms  "
-                        f"p99 {result.p99_ms:7.2f} ms"
+                        + (
+                            burst_line(result.burst)
+                            if result.burst
+                            else f"{result.rps:>9.0f} rps  p50 {result.p50_ms:7.2f} ms  "
+                            f"p99 {result.p99_ms:7.2f} ms"
+                        )
                     )
         return results
     finally:
@@ -655,6 +927,8 @@ def summarise(results: list[Result]) -> tuple[list[dict[str, object]], list[Rati
                 "errors": sum(r.errors for r in runs),
             }
         )
+        if runs[0].burst is not None:
+            table[-1]["burst"] = median_burst([r.burst for r in runs if r.burst])
     by = {(row["scenario"], row["target"]): row for row in table}
     ratios: list[Ratio] = []
 
@@ -699,6 +973,24 @@ def summarise(results: list[Result]) -> tuple[list[dict[str, object]], list[Rati
         "mib_per_s",
         ">= 0.5",
     )
+    for name in ("nginx", "shim", "shim, 2 workers"):
+        row = by.get(("burst", name))
+        if row is not None:
+            done = cast(dict[str, Any], row["burst"])
+            goal = ">= 0.995" if name == "shim, 2 workers" else ""
+            ratios.append(Ratio(f"burst {name}: answered / sent", done["answered_share"], goal))
+    overload = by.get(("overload", "shim"))
+    if overload is not None:
+        held = cast(dict[str, Any], overload["burst"])
+        if "backend_peak" in held:
+            ceiling = CEILING
+            ratios.append(
+                Ratio(
+                    "overload shim: backend peak / ceiling",
+                    held["backend_peak"] / ceiling,
+                    "<= 1.0",
+                )
+            )
     storage = by.get(("storage", "shim"))
     if storage is not None and storage["rss_growth_mib"] is not None:
         ratios.append(Ratio("storage shim RSS growth MiB", storage["rss_growth_mib"], "<= 50"))  # type: ignore[arg-type]
@@ -750,12 +1042,59 @@ def _batch_of(target: str, direction: str) -> int | None:
     return int(texts) if rest == direction and texts.isdigit() else None
 
 
+def median_burst(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row of a burst target over its rounds: medians, and outcomes other than 2xx or
+    shed summed."""
+
+    def middle(key: str) -> float:
+        return statistics.median(float(run[key]) for run in runs if key in run)
+
+    other: dict[str, int] = {}
+    for run in runs:
+        for outcome, count in run["other"].items():
+            other[outcome] = other.get(outcome, 0) + count
+    row: dict[str, Any] = {
+        "sent": middle("sent"),
+        "answered": middle("answered"),
+        "shed": middle("shed"),
+        "other": other,  # summed over the rounds
+        "other_per_round": statistics.median(sum(run["other"].values()) for run in runs),
+        "wall_s": middle("wall_s"),
+        "answered_share": round(middle("answered") / middle("sent"), 4),
+        "shed_p50_ms": statistics.median(  # over the rounds that shed at all
+            [float(run["shed_ms"]["50"]) for run in runs if run["shed_ms"]] or [0.0]
+        ),
+    }
+    if all("backend_peak" in run for run in runs):
+        row["backend_peak"] = max(float(run["backend_peak"]) for run in runs)
+    return row
+
+
+def burst_line(details: dict[str, Any]) -> str:
+    """A burst's outcome in one line of progress."""
+    other = ", ".join(f"{k} x{v}" for k, v in sorted(details["other"].items()))
+    line = (
+        f"{details['answered']}/{details['sent']} answered, {details['shed']} shed"
+        f"{', ' + other if other else ''} in {details['wall_s']} s"
+    )
+    if "backend_peak" in details:
+        line += f", backend held {details['backend_peak']} at once"
+    return line
+
+
 def render(table: list[dict[str, object]], ratios: list[Ratio]) -> str:
-    lines = [
-        f"{'scenario':<8} {'target':<28} {'RPS':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
-        f"{'CPU us/req':>10} {'MiB/s':>8} {'errors':>6}"
-    ]
+    bursts = [row for row in table if "burst" in row]
+    lines = (
+        []
+        if len(bursts) == len(table)
+        else [
+            f"{'scenario':<8} {'target':<28} {'RPS':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+            f"{'CPU us/req':>10} {'MiB/s':>8} {'errors':>6}"
+        ]
+    )
     for row in table:
+        if "burst" in row:
+            continue
         cpu = row["cpu_us_per_request"]
         latency: dict[str, float] = row["latency_ms"]  # type: ignore[assignment]
         lines.append(
@@ -764,6 +1103,23 @@ def render(table: list[dict[str, object]], ratios: list[Ratio]) -> str:
             f"{('-' if cpu is None else f'{cpu:.0f}'):>10} {row['mib_per_s']:>8.0f} "
             f"{row['errors']:>6}"
         )
+    if bursts:
+        lines += [
+            "",
+            f"{'scenario':<8} {'target':<28} {'sent':>6} {'answered':>8} {'shed':>6} "
+            f"{'other':>6} {'p50 ms':>8} {'p99 ms':>8} {'shed p50':>8} {'wall s':>7} "
+            f"{'peak':>5}",
+        ]
+        for row in bursts:
+            done = cast(dict[str, Any], row["burst"])
+            latency = cast(dict[str, float], row["latency_ms"])
+            peak = done.get("backend_peak")
+            lines.append(
+                f"{row['scenario']:<8} {row['target']:<28} {done['sent']:>6.0f} "
+                f"{done['answered']:>8.0f} {done['shed']:>6.0f} {done['other_per_round']:>6.0f} "
+                f"{latency['50']:>8.1f} {latency['99']:>8.1f} {done['shed_p50_ms']:>8.1f} "
+                f"{done['wall_s']:>7.2f} {'-' if peak is None else f'{peak:.0f}':>5}"
+            )
     lines.append("")
     for r in ratios:
         verdict = {True: "met", False: "NOT met", None: ""}[r.met]

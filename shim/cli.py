@@ -226,8 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=2, help="A B A B alternations (default 2)")
     bench.add_argument(
         "--scenarios",
-        default="small,embed,storage,shadow",
-        help="comma-separated: small, embed, storage, shadow (default all)",
+        default="small,embed,storage,shadow,jq,burst,overload",
+        help="comma-separated: small, embed, storage, shadow, jq, burst, overload (default all)",
     )
     bench.add_argument(
         "--shadow-rate",
@@ -239,6 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--embed-batches",
         default="1,64,256",
         help="texts per request of the embed series, besides 8 (default 1,64,256; '' for none)",
+    )
+    bench.add_argument(
+        "--burst", type=int, default=2000, help="requests at once in the burst scenario"
+    )
+    bench.add_argument(
+        "--overload",
+        type=int,
+        default=4000,
+        help="connections at once to one worker in front of a slow backend (overload)",
     )
     bench.add_argument("--json", type=Path, help="also write the results here")
     bench.add_argument(
@@ -315,7 +324,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if (settings.host, settings.port) == (settings.admin_host, settings.admin_port):
         raise ConfigError("the admin listener needs its own port", key="admin_port")
     _prepare_metrics_dir(settings.resolved_metrics_dir())
-    from shim.supervisor import listening_socket
+    from shim.supervisor import BACKLOG, listening_socket
 
     lock = None
     if settings.workers == 1:
@@ -351,7 +360,8 @@ def run_serve(args: argparse.Namespace) -> int:
         factory=True,
         loop="uvloop",
         http=ShimHttpProtocol,  # httptools, plus read deadlines and JSON refusals
-        limit_concurrency=settings.limit_concurrency,
+        limit_concurrency=None,  # counted per request by ShimHttpProtocol, answered in JSON
+        backlog=BACKLOG,
         lifespan="on",
         workers=settings.workers,
         access_log=False,
@@ -783,6 +793,8 @@ def run_bench(args: argparse.Namespace) -> int:
         scenarios=scenarios,
         shadow_rate=args.shadow_rate,
         embed_batches=tuple(int(n) for n in args.embed_batches.split(",") if n.strip()),
+        burst_size=args.burst,
+        overload_size=args.overload,
         progress=lambda line: print(line, flush=True),
     )
     table, ratios = summarise(results)

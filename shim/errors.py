@@ -16,7 +16,7 @@
     │   ├── UnknownEndpoint        404 unknown_endpoint
     │   ├── FlagRefused            422 flag_refused (e.g. a Go-only endpoint to rust)
     │   └── FlagPinned             409 flag_pinned (names the SHIM_PIN__ variable)
-    ├── Overloaded                 503 overloaded: too many requests in flight to a backend
+    ├── Overloaded                 503 overloaded: shed after waiting (shim/admission.py)
     └── BackendError               502 backend_error: the backend failed or answered badly
         ├── BackendUnreachable     502 backend_unreachable
         ├── BadBackendAnswer       502 bad_backend_answer
@@ -178,7 +178,8 @@ class FlagPinned(FlagError):
 
 
 class Overloaded(ShimError):
-    """Too many requests are in flight to one backend: shed, never queue."""
+    """No slot to a backend came free within the wait budget (shim/admission.py), its queue
+    is full, or the worker is past limit_concurrency: shed, retry shortly."""
 
     status_code = 503
     code = "overloaded"

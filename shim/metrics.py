@@ -14,6 +14,7 @@ from bisect import bisect_left
 from collections import Counter as Tally
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import (
     REGISTRY,
@@ -133,6 +134,37 @@ FALLBACKS_DENIED = Counter(
     ["endpoint", "reason"],
 )
 
+ADMISSION_SHED = Counter(
+    "shim_admission_shed_total",
+    "Requests shed before reaching a backend, by backend and reason (wait_budget, "
+    "queue_full, caller_share; worker_busy: past limit_concurrency, backend none).",
+    ["backend", "reason"],
+)
+ADMISSION_WAIT = Histogram(
+    "shim_admission_wait_seconds",
+    "Time a request waited for a slot to its backend (requests that had to wait).",
+    ["backend"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+ADMISSION_LIMIT = Gauge(
+    "shim_admission_limit",
+    "The adaptive in-flight limit to each backend (summed over live workers).",
+    ["backend"],
+    multiprocess_mode="livesum",
+)
+ADMISSION_INFLIGHT = Gauge(
+    "shim_admission_inflight",
+    "Requests in flight to each backend (summed over live workers).",
+    ["backend"],
+    multiprocess_mode="livesum",
+)
+ADMISSION_QUEUED = Gauge(
+    "shim_admission_queued",
+    "Requests waiting for a slot to each backend (summed over live workers).",
+    ["backend"],
+    multiprocess_mode="livesum",
+)
+
 FLUSH_SECONDS = 1.0
 
 
@@ -221,9 +253,27 @@ def count(counter: Counter, *labels: str) -> None:
     _tally.count(counter, labels)
 
 
+class AdmissionView(Protocol):
+    limit: int
+    inflight: int
+    queued: int
+
+
+_admissions: dict[str, AdmissionView] = {}
+
+
+def watch_admission(backend: str, admission: AdmissionView) -> None:
+    """Publish this backend's limit, in-flight and queue gauges at every flush."""
+    _admissions[backend] = admission
+
+
 def flush() -> None:
     """Publish this worker's tallied requests now (before a scrape, and at exit)."""
     _tally.flush()
+    for backend, admission in _admissions.items():
+        ADMISSION_LIMIT.labels(backend).set(admission.limit)
+        ADMISSION_INFLIGHT.labels(backend).set(admission.inflight)
+        ADMISSION_QUEUED.labels(backend).set(admission.queued)
 
 
 def observe_comparison(endpoint: str, comparison: Comparison, *, matched: bool) -> None:

@@ -8,6 +8,11 @@ the end of the previous response) and `body_timeout` to finish its body, caps th
 section at `max_header_bytes`, and answers the parser's own refusals (smuggling attempts
 such as Content-Length with Transfer-Encoding) in the shim's JSON error shape.
 
+uvicorn's own `limit_concurrency` counts every open connection: a burst of more connections
+than the limit was answered plain-text 503s, every one, before a single request was read. Here
+the limit counts requests under way (`max_requests`), and the ones past it are answered by the
+shim's JSON 503 `overloaded` with `Retry-After`, while the requests already admitted go on.
+
 Deadlines are a time stamp per connection, checked by one sweep per worker every
 `SWEEP_SECONDS`, not a timer per request phase (arming and cancelling three timers a request
 cost more than the sweep). And each connection tells the application when it is lost
@@ -23,9 +28,17 @@ from http import HTTPStatus
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from shim.errors import BadRequest, HeadersTooLarge, RequestTimeout, ShimError, render
+from shim import metrics
+from shim.errors import (
+    BadRequest,
+    HeadersTooLarge,
+    Overloaded,
+    RequestTimeout,
+    ShimError,
+    render,
+)
 from shim.settings import Settings, load_settings
-from shim.types import DISCONNECT_EXTENSION, DisconnectSignal
+from shim.types import DISCONNECT_EXTENSION, DisconnectSignal, Receive, Scope, Send
 
 SWEEP_SECONDS = 0.25
 _SWEEPING: set[asyncio.AbstractEventLoop] = set()  # loops with a deadline sweep
@@ -37,6 +50,7 @@ class ShimHttpProtocol(HttpToolsProtocol):
     header_timeout = 10.0
     body_timeout = 60.0
     max_header_bytes = 64 * 1024
+    max_requests = 8192
     _configured = False
 
     @classmethod
@@ -44,6 +58,7 @@ class ShimHttpProtocol(HttpToolsProtocol):
         cls.header_timeout = settings.header_timeout
         cls.body_timeout = settings.body_timeout
         cls.max_header_bytes = settings.max_header_bytes
+        cls.max_requests = settings.limit_concurrency
         cls._configured = True
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -86,7 +101,14 @@ class ShimHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
-        super().on_headers_complete()
+        if len(self.tasks) >= self.max_requests:
+            app, self.app = self.app, _worker_busy  # this one request: uvicorn runs what is here
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
+        else:
+            super().on_headers_complete()
         if not self.transport.is_closing() and self.parser.should_keep_alive() is not None:
             self._arm(self.body_timeout, self._body_too_slow)
 
@@ -150,6 +172,20 @@ class ShimHttpProtocol(HttpToolsProtocol):
         if self._deadline and now >= self._deadline:
             self._deadline = 0.0
             self._on_deadline()
+
+
+async def _worker_busy(scope: Scope, receive: Receive, send: Send) -> None:
+    """The answer past `max_requests`: the shim's JSON 503, ready to be retried."""
+    metrics.count(metrics.ADMISSION_SHED, "none", "worker_busy")
+    await _WORKER_BUSY.send(send)
+
+
+_WORKER_BUSY = render(
+    Overloaded(
+        "this worker is handling as many requests as it takes at once "
+        "(SHIM_LIMIT_CONCURRENCY); retry shortly"
+    )
+)
 
 
 def _sweep(loop: asyncio.AbstractEventLoop, connections: set[object]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from adapters.errors import AdapterError
 from adapters.sql import is_read_only, statement_of
 from shim import headers as header_policy
 from shim import metrics
+from shim.admission import Admission, GradientLimit, LoopLag, Shed
 from shim.canary import canary_backend
 from shim.errors import (
     BackendError,
@@ -45,7 +47,15 @@ from shim.guard import Guard
 from shim.routes import RouteMatch, RouteTable
 from shim.settings import Settings
 from shim.shadow import Capture, Shadower
-from shim.types import DISCONNECT_EXTENSION, Backend, DisconnectSignal, Receive, Scope, Send
+from shim.types import (
+    BACKENDS,
+    DISCONNECT_EXTENSION,
+    Backend,
+    DisconnectSignal,
+    Receive,
+    Scope,
+    Send,
+)
 from shim.upstream import Upstream, decode_body, translate_errors
 from shim.vector_wire import answer_codec
 
@@ -54,6 +64,7 @@ log = logging.getLogger("shim.proxy")
 
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+MEASURED_BYTES = 1024 * 1024  # answers up to this size time the backend (admission)
 
 
 class ClientDisconnected(Exception):
@@ -100,8 +111,32 @@ class Proxy:
             ratio=settings.fallback_budget_ratio, burst=settings.fallback_budget_burst
         )
         self.caller_header = settings.canary_key_header.lower().encode("latin-1")
-        self.max_inflight = settings.max_connections_per_backend
-        self.inflight: dict[Backend, int] = {"rust": 0, "go": 0}
+        ceiling = settings.max_connections_per_backend
+        lag = LoopLag()  # one per worker, for both backends' limits
+        self.admission: dict[Backend, Admission] = {
+            backend: Admission(
+                backend,
+                GradientLimit(
+                    floor=min(settings.admission_floor, ceiling),
+                    ceiling=ceiling,
+                    tolerance=settings.admission_tolerance,
+                    lag=lag.mean,
+                ),
+                queue_limit=settings.queue_limit,
+            )
+            for backend in BACKENDS
+        }
+        for backend, admission in self.admission.items():
+            metrics.watch_admission(backend, admission)
+        self.total_timeout = settings.total_timeout
+        # A wait for a slot may take at most half the route's total timeout, if it has one.
+        self.queue_budget = {
+            route.name: min(
+                route.queue_timeout or settings.queue_timeout,
+                (route.total_timeout or settings.total_timeout or math.inf) / 2,
+            )
+            for route in routes.routes.values()
+        }
         self.max_json_bytes = settings.max_json_bytes
         self.max_backend_json_bytes = max(settings.max_json_bytes * 8, 128 * 1024 * 1024)
         self.log_access = settings.access_log
@@ -257,35 +292,69 @@ class Proxy:
         return True
 
     async def _attempt(self, call: Call, backend: Backend) -> None:
-        """One try on `backend`; the guard hears how Go did."""
-        started = time.perf_counter()
+        """One try on `backend`, once admitted (shim/admission.py); the guard hears how Go did.
+
+        A shed request never reaches the backend, so neither the guard nor the fallback
+        hears of it: it says nothing about the backend's health.
+        """
         route = call.match.route
-        if self.inflight[backend] >= self.max_inflight:
-            raise Overloaded(
-                f"{self.max_inflight} requests are already in flight to the {backend} backend "
-                "in this worker; retry shortly (SHIM_MAX_CONNECTIONS_PER_BACKEND)"
-            )
-        self.inflight[backend] += 1
+        gate = self.admission[backend]
+        waited = 0.0
+        if not gate.try_enter():
+            client = call.scope.get("client")
+            caller = caller_of(call.request, client[0] if client else None)
+            try:
+                waited = await gate.enter(caller, self.queue_budget[route.name])
+            except Shed as shed:
+                metrics.count(metrics.ADMISSION_SHED, backend, shed.reason)
+                raise Overloaded(shed.message) from None
+            metrics.ADMISSION_WAIT.labels(backend).observe(waited)
+        started = time.perf_counter()
+        measured = True  # whether this attempt's time says how loaded the backend is
         try:
-            if route.needs_rewrite(call.match.client, backend):
-                await self._translate(call, backend)
+            total = route.total_timeout or self.total_timeout
+            if waited and total:  # the wait counts towards the route's total timeout
+                async with asyncio.timeout(total - waited):
+                    await self._send_to(call, backend)
             else:
-                await self._stream(call, backend)
+                await self._send_to(call, backend)
+        except TimeoutError:
+            metrics.count(metrics.UPSTREAM_ERRORS, backend, "backend_timeout")
+            if backend == "go":
+                self.guard.observe(route.name, ok=False, seconds=time.perf_counter() - started)
+            raise BackendTimeout(
+                f"the {backend} backend did not answer within the route's total timeout of "
+                f"{total:g} s, {waited:.2f} s of it spent waiting for a slot in the shim"
+            ) from None
         except (BackendError, FallbackStatus) as failure:
             if isinstance(call.body, CappedStream) and call.body.refused is not None:
+                measured = False
                 raise call.body.refused from None  # the client's fault, not the backend's
             kind = failure.code if isinstance(failure, BackendError) else "status_5xx"
             metrics.count(metrics.UPSTREAM_ERRORS, backend, kind)  # rescued by fallback or not
             if backend == "go":
                 self.guard.observe(route.name, ok=False, seconds=time.perf_counter() - started)
+            measured = not isinstance(failure, BackendUnreachable)
+            raise
+        except BaseException:
+            measured = False  # cancelled: the client left
             raise
         finally:
-            self.inflight[backend] -= 1
+            # A streamed upload or a large answer times the client's network, not the backend.
+            measured = measured and isinstance(call.body, bytes | None)
+            measured = measured and call.ex.bytes_out <= MEASURED_BYTES
+            gate.leave(route.name, time.perf_counter() - started if measured else None)
         ok = call.ex.status < 500
         if not ok:
             metrics.count(metrics.UPSTREAM_ERRORS, backend, "status_5xx")
         if backend == "go":
             self.guard.observe(route.name, ok=ok, seconds=time.perf_counter() - started)
+
+    async def _send_to(self, call: Call, backend: Backend) -> None:
+        if call.match.route.needs_rewrite(call.match.client, backend):
+            await self._translate(call, backend)
+        else:
+            await self._stream(call, backend)
 
     def _url(self, match: RouteMatch, backend: Backend, scope: Scope) -> URL:
         """Configured base URL + the route's path for that backend + the raw query string.

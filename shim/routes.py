@@ -27,7 +27,7 @@ READ_ONLY: Literal["read-only"] = "read-only"
 _PARAMETER = re.compile(r"\{([a-z_][a-z0-9_]*)(:path)?\}")
 _ROUTE_KEYS = frozenset(
     {"adapter", "default", "idempotent", "rust", "go", "options", "parity", "guard"}
-    | {"connect_timeout", "read_timeout", "total_timeout", "fallback_on", "body"}
+    | {"connect_timeout", "read_timeout", "total_timeout", "queue_timeout", "fallback_on", "body"}
 )
 DEFAULT_FALLBACK_ON = frozenset({500, 502, 503, 504})
 BODY_KINDS = ("json", "bytes")
@@ -95,6 +95,7 @@ class Route:
     connect_timeout: float | None
     read_timeout: float | None
     total_timeout: float | None = None
+    queue_timeout: float | None = None  # wait budget for a slot (shim/admission.py)
     parity: ParityPolicy = ParityPolicy()
     guard: GuardPolicy = GuardPolicy()
     fallback_on: frozenset[int] = DEFAULT_FALLBACK_ON
@@ -238,6 +239,7 @@ def _parse_route(name: str, spec: Any) -> Route:
         connect_timeout=_seconds(spec, "connect_timeout", key),
         read_timeout=_seconds(spec, "read_timeout", key),
         total_timeout=_seconds(spec, "total_timeout", key),
+        queue_timeout=_seconds(spec, "queue_timeout", key),
         parity=_parse_parity(spec.get("parity", {}), adapter_name, f"{key}.parity"),
         guard=_parse_guard(spec.get("guard", {}), f"{key}.guard"),
         fallback_on=_parse_fallback_on(spec.get("fallback_on"), f"{key}.fallback_on"),

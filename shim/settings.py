@@ -51,7 +51,13 @@ class Settings(BaseSettings):
     parity_gate: bool = True
     connect_timeout: float = Field(2.0, gt=0)
     read_timeout: float = Field(30.0, gt=0)
-    max_connections_per_backend: int = Field(256, ge=1)
+    max_connections_per_backend: int = Field(256, ge=1)  # ceiling of the adaptive limit
+    # Admission (shim/admission.py), per backend per worker: past the in-flight limit a request
+    # waits up to queue_timeout (a route may override) among at most queue_limit waiters.
+    queue_timeout: float = Field(2.0, gt=0)
+    queue_limit: int = Field(4096, ge=1)
+    admission_floor: int = Field(16, ge=1)  # the adaptive limit's lowest value
+    admission_tolerance: float = Field(2.0, ge=1)  # latency over baseline before it shrinks
     # Below the backends' own keep-alive (uvicorn's default is 5 s, Go's net/http none,
     # nginx 75 s), so the shim closes an idle connection before the backend can.
     upstream_idle_seconds: float = Field(4.0, gt=0, le=300)
@@ -79,7 +85,7 @@ class Settings(BaseSettings):
     body_timeout: float = Field(60.0, gt=0)  # ... and its body within this
     max_header_bytes: int = Field(64 * 1024, ge=4096)
     total_timeout: float | None = Field(None, gt=0)  # whole exchange; a route may override
-    limit_concurrency: int = Field(2048, ge=16)  # connections+tasks per worker; past it, 503
+    limit_concurrency: int = Field(8192, ge=16)  # requests under way per worker; past it, 503
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
 

@@ -32,6 +32,9 @@ log = logging.getLogger("shim.supervisor")
 RESPAWN_PAUSE_SECONDS = 1.0  # a worker that died younger than this is replaced after a pause
 CHECK_SECONDS = 0.2
 READY_SECONDS = 30.0  # a replacement worker must serve within this, or the old one stays
+# Connections the kernel holds for a worker that has not accepted them yet: a burst larger than
+# this is not refused but retried by the clients' SYNs a second later (capped by somaxconn).
+BACKLOG = 4096
 
 multiprocessing.allow_connection_pickling()  # sockets travel to spawned workers
 _spawn = multiprocessing.get_context("spawn")
@@ -49,7 +52,7 @@ def listening_socket(host: str, port: int, *, key: str, reuse_port: bool = False
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}", key=key) from None
-    sock.listen(2048)
+    sock.listen(BACKLOG)
     sock.set_inheritable(True)
     return sock
 

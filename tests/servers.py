@@ -93,11 +93,17 @@ def reference(backend: str, tmp: Path, *, latency_ms: float = 0) -> tuple[Server
     return server.start(), url
 
 
-def own_backend(tmp: Path, module: str = "testing_backend", **env: str) -> tuple[Server, str]:
-    """One of the tests' own backends in tests/backends/, under uvicorn."""
+def own_backend(
+    tmp: Path,
+    module: str = "testing_backend",
+    *,
+    app_dir: Path = ROOT / "tests" / "backends",
+    **env: str,
+) -> tuple[Server, str]:
+    """One of the tests' own backends in tests/backends/ (or `app_dir`), under uvicorn."""
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", f"{module}:app", "--port", str(port)]
-    command += ["--app-dir", str(ROOT / "tests" / "backends"), "--log-level", "warning"]
+    command += ["--app-dir", str(app_dir), "--log-level", "warning"]
     url = f"http://127.0.0.1:{port}"
     ready = f"{url}/__received" if module == "testing_backend" else f"{url}/health"
     server = Server(

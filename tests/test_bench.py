@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shim.bench import FLOOR, RECIPE, nginx_binary
+from shim.bench import CEILING, FLOOR, RECIPE, nginx_binary
 from tests.servers import ROOT, base_env
 
 
@@ -29,6 +29,10 @@ def test_bench_smoke_run_reports_every_target_and_the_ratios(tmp_path: Path) -> 
             "50",
             "--embed-batches",
             "1",  # the batch series, tiny: one size besides 8
+            "--burst",
+            "40",
+            "--overload",
+            "60",
             "--json",
             str(output),
         ],
@@ -42,8 +46,12 @@ def test_bench_smoke_run_reports_every_target_and_the_ratios(tmp_path: Path) -> 
     document = json.loads(output.read_text())
     targets = {(row["scenario"], row["target"]) for row in document["results"]}
     small = {"direct", FLOOR, "shim", "shim, 2 workers", RECIPE}
+    burst = {"direct", "shim", "shim, 2 workers"}
+    overload = {"shim"}
     if nginx_binary():
         small.add("nginx")
+        burst.add("nginx")
+        overload |= {"nginx", f"nginx max_conns={CEILING}"}
     assert targets == {
         *(("small", t) for t in small),
         ("embed", "direct"),
@@ -56,6 +64,8 @@ def test_bench_smoke_run_reports_every_target_and_the_ratios(tmp_path: Path) -> 
         ("storage", "shim"),
         ("shadow", "shadow off"),
         ("shadow", "shadow on"),
+        *(("burst", t) for t in burst),
+        *(("overload", t) for t in overload),
     }
     assert all(row["rps"] > 0 and row["errors"] == 0 for row in document["results"])
     storage = {row["target"]: row for row in document["results"] if row["scenario"] == "storage"}
@@ -67,4 +77,8 @@ def test_bench_smoke_run_reports_every_target_and_the_ratios(tmp_path: Path) -> 
     assert labels["embed normalising CPU us/vector, 1x768"]["value"] > 0
     assert "embed rename-only CPU us/vector, 8x768" in labels
     assert "shadow on / off p50 (paced)" in labels
+    bursts = {(r["scenario"], r["target"]): r["burst"] for r in document["results"] if "burst" in r}
+    assert bursts[("burst", "shim, 2 workers")]["answered"] == 40
+    assert bursts[("overload", "shim")]["backend_peak"] <= CEILING
+    assert labels["burst shim, 2 workers: answered / sent"]["met"] is True
     assert "shim / floor RPS" in result.stdout
