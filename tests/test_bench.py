@@ -64,6 +64,8 @@ def test_bench_smoke_run_reports_every_target_and_the_ratios(tmp_path: Path) -> 
         ("storage", "shim"),
         ("shadow", "shadow off"),
         ("shadow", "shadow on"),
+        *(("jq", t) for t in ("direct (rerank)", "shim rerank via jq", "shim rerank same-dialect")),
+        ("jq", "shim retrieve via Python"),
         *(("burst", t) for t in burst),
         *(("overload", t) for t in overload),
     }
