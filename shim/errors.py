@@ -13,7 +13,8 @@
     ├── FlagError                  a flag change that is refused
     │   ├── UnknownEndpoint        404 unknown_endpoint
     │   ├── FlagRefused            422 flag_refused (e.g. a Go-only endpoint to rust)
-    │   └── FlagPinned             409 flag_pinned (names the SHIM_PIN__ variable)
+    │   ├── FlagPinned             409 flag_pinned (names the SHIM_PIN__ variable)
+    │   └── FlagConflict           409 conflict (the state moved past `expected_generation`)
     ├── Overloaded                 503 overloaded: too many requests in flight to a backend
     └── BackendError               502 backend_error: the backend failed or answered badly
         ├── BackendUnreachable     502 backend_unreachable
@@ -138,6 +139,18 @@ class FlagPinned(FlagError):
     def __init__(self, message: str, *, variable: str) -> None:
         super().__init__(message)
         self.variable = variable
+
+
+class FlagConflict(FlagError):
+    """A write made against a generation the state has moved past (a stale form)."""
+
+    status_code = 409
+    code = "conflict"
+
+    def __init__(self, message: str, *, expected: int, generation: int) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.generation = generation
 
 
 class Overloaded(ShimError):

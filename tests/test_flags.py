@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shim.errors import FlagPinned, FlagRefused, UnknownEndpoint
+from shim.errors import FlagConflict, FlagPinned, FlagRefused, UnknownEndpoint
 from shim.flags import FlagStore, FlagView
 from shim.routes import load_routes
 
@@ -115,3 +115,20 @@ def test_concurrent_writers_never_lose_an_update(tmp_path: Path) -> None:
     assert len(records) == 60
     assert sorted(r["generation"] for r in records) == list(range(1, 61))
     assert all(state.flags[e].shadow is True for e in endpoints)  # each one's last write (i=14)
+
+
+def test_a_write_against_a_stale_generation_is_refused_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    flags = store(tmp_path)
+    shown = flags.read().generation
+    flags.set("embed", serve="go", actor="someone-else")
+    with pytest.raises(FlagConflict) as refused:
+        flags.set("embed", serve="rust", actor="test", expected_generation=shown)
+    assert (refused.value.expected, refused.value.generation) == (shown, shown + 1)
+    with pytest.raises(FlagConflict):
+        flags.rollback(None, actor="test", expected_generation=shown)
+    assert flags.effective("embed").flag.serve == "go"
+    assert len(audit_lines(tmp_path)) == 1
+    change = flags.set("embed", serve="rust", actor="test", expected_generation=shown + 1)
+    assert change is not None and change.generation == shown + 2
