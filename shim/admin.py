@@ -34,10 +34,12 @@ from shim.errors import (
 )
 from shim.flags import Change, FlagStore, FlagView, pin_conflicts, resolve
 from shim.gate import gated_set
+from shim.guard import Guard
 from shim.parity import ParityStore
 from shim.routes import RouteTable
 from shim.settings import Settings
 from shim.types import BACKENDS
+from shim.ui import ui_routes
 from shim.upstream import Upstream
 from shim.views import flags_view, parity_view
 from shim.workers import Applied, WorkerRegistry
@@ -59,6 +61,7 @@ class AdminContext:
     upstream: Upstream
     workers: WorkerRegistry
     parity: ParityStore
+    guard: Guard | None = None  # this worker's guard, for the operator page's guard column
 
 
 def flags_document(context: AdminContext) -> dict[str, Any]:
@@ -299,6 +302,7 @@ def build_admin(context: AdminContext) -> Starlette:
             Route("/_shim/rollback", rollback, methods=["POST"]),
             Route("/_shim/parity", parity, methods=["GET"]),
             Route("/metrics", metrics_text, methods=["GET"]),
+            *ui_routes(context),
         ],
         exception_handlers={ShimError: shim_error, HTTPException: http_error},
     )
