@@ -521,12 +521,14 @@ def read_audit(state_dir: Path, endpoint: str | None = None) -> list[dict[str, A
     return audit_lines(state_dir, endpoint).records
 
 
-def audit_lines(state_dir: Path, endpoint: str | None = None) -> Lines:
-    """The audit trail and how many of its lines could not be read."""
-    lines = read_lines(state_dir / AUDIT_FILE)
+def audit_lines(state_dir: Path, endpoint: str | None = None, *, start: int = 0) -> Lines:
+    """The audit trail and how many of its lines could not be read (from `start`: only what
+    was appended since a previous read's `end`)."""
+    lines = read_lines(state_dir / AUDIT_FILE, start=start)
     valid = [r for r in lines.records if _is_audit_record(r)]
     unreadable = lines.unreadable + len(lines.records) - len(valid)
-    return Lines([r for r in valid if endpoint is None or r["endpoint"] == endpoint], unreadable)
+    chosen = [r for r in valid if endpoint is None or r["endpoint"] == endpoint]
+    return Lines(chosen, unreadable, lines.end)
 
 
 def _is_audit_record(record: Mapping[str, Any]) -> bool:

@@ -40,7 +40,7 @@ from starlette.staticfiles import StaticFiles
 
 from shim import metrics
 from shim.errors import FlagConflict, FlagError, ShimError
-from shim.flags import AUDIT_FILE, read_audit
+from shim.flags import AUDIT_FILE, audit_lines
 from shim.gate import GateDecision, gated_set
 from shim.routes import RouteTable
 from shim.types import BACKENDS
@@ -314,20 +314,28 @@ class Reader:
     their files changed (a page polls every second; 10,000 audit lines take ~15 ms)."""
 
     context: AdminContext
-    _audit: tuple[object, list[dict[str, Any]]] = (None, [])
+    _audit: tuple[int | None, int, list[dict[str, Any]]] = (None, 0, [])
     _parity: tuple[object, list[dict[str, Any]]] = (None, [])
     _counts: deque[tuple[float, dict[tuple[str, ...], float]]] = field(default_factory=deque)
 
     def audit(self) -> list[dict[str, Any]]:
-        path = self.context.settings.state_dir / AUDIT_FILE
+        """The audit trail, oldest first; a grown file is read from where the last read
+        ended (10,000 lines cost ~50 ms to parse on a loaded 2-core machine, a tail ~0)."""
+        state_dir = self.context.settings.state_dir
         try:
-            stat = path.stat()
-            identity: object = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            stat = (state_dir / AUDIT_FILE).stat()
         except FileNotFoundError:
-            identity = None
-        if identity != self._audit[0]:
-            self._audit = (identity, read_audit(self.context.settings.state_dir))
-        return self._audit[1]
+            self._audit = (None, 0, [])
+            return []
+        inode, end, records = self._audit
+        if inode == stat.st_ino and end <= stat.st_size:
+            if end < stat.st_size:
+                tail = audit_lines(state_dir, start=end)
+                self._audit = (inode, tail.end, records + tail.records)
+        else:  # first read, or the file was replaced or truncated
+            trail = audit_lines(state_dir)
+            self._audit = (stat.st_ino, trail.end, trail.records)
+        return self._audit[2]
 
     def parity_records(self) -> list[dict[str, Any]]:
         directory = self.context.parity.directory
