@@ -30,13 +30,28 @@ OUT = ROOT / "docs" / "operator-page"
 VECTOR = unit_embedding("forklift operator night shift", "nomic-embed-text").tolist()
 
 
+TOKEN = "screenshots"
+
+
 def traffic(shim: Shim, rounds: int) -> None:
+    """Requests from `rounds` callers (X-Shim-Key): a canary is sticky per caller."""
     with httpx.Client(base_url=shim.url) as client:
         for i in range(rounds):
-            client.post("/ai/embed", json={"texts": [f"screenshot {i}"]})
-            client.post("/vectors/search", json={"index": "workers", "vector": VECTOR, "k": 5})
-            client.post("/vectors/hybrid", json={"query": f"night shift {i}", "k": 5})
-            client.post("/query", json={"sql": "SELECT 1"})
+            caller = {"x-shim-key": f"caller-{i}"}
+            client.post("/ai/embed", json={"texts": [f"screenshot {i}"]}, headers=caller)
+            search = {"index": "workers", "vector": VECTOR, "k": 5}
+            client.post("/vectors/search", json=search, headers=caller)
+            hybrid = {"query": f"night shift {i}", "k": 5}
+            client.post("/vectors/hybrid", json=hybrid, headers=caller)
+            client.post("/query", json={"sql": "SELECT 1"}, headers=caller)
+
+
+def log_in(page: object, shim: Shim) -> None:
+    page.goto(f"{shim.admin_url}/_shim/ui/login")  # type: ignore[attr-defined]
+    page.fill("input[name=token]", TOKEN)  # type: ignore[attr-defined]
+    page.fill("input[name=who]", "alice")  # type: ignore[attr-defined]
+    page.click("button[type=submit]")  # type: ignore[attr-defined]
+    page.wait_for_url(f"{shim.admin_url}/_shim/ui")  # type: ignore[attr-defined]
 
 
 def wait_samples(shim: Shim, endpoint: str, samples: int) -> None:
@@ -69,11 +84,17 @@ def main() -> int:
             page = browser.new_page(viewport={"width": 1440, "height": 900})
             (tmp / "a").mkdir()
             shim = Shim(
-                tmp / "a", rust_url=rust_url, go_url=go_url, workers=2, SHIM_PARITY_GATE="true"
+                tmp / "a",
+                rust_url=rust_url,
+                go_url=go_url,
+                workers=2,
+                SHIM_PARITY_GATE="true",
+                SHIM_ADMIN_TOKEN=TOKEN,
             ).start()
             servers.append(shim.server)
             traffic(shim, 10)
             shoot(page, f"{shim.admin_url}/_shim/ui", "all-rust.png")
+            log_in(page, shim)
             shim.cli("flags", "set", "embed", "rust", "--shadow", "--reason", "gather evidence")
             traffic(shim, 25)
             wait_samples(shim, "embed", 20)
@@ -87,8 +108,10 @@ def main() -> int:
                 go_url=drifting_url,
                 workers=2,
                 SHIM_PARITY_GATE="true",
+                SHIM_ADMIN_TOKEN=TOKEN,
             ).start()
             servers.append(shim.server)
+            log_in(page, shim)
             shim.cli("flags", "set", "retrieve", "rust", "--shadow", "--reason", "evidence")
             shim.cli("flags", "set", "vectors_search", "rust", "--shadow", "--reason", "evidence")
             traffic(shim, 22)
@@ -97,7 +120,7 @@ def main() -> int:
             shim.cli(
                 "flags", "set", "retrieve", "rust", "--percent", "30", "--reason", "canary step 1"
             )
-            traffic(shim, 30)
+            traffic(shim, 60)
             url = f"{shim.admin_url}/_shim/ui?endpoint=vectors_search"
             shoot(page, url, "canary-30-fail.png")
             browser.close()

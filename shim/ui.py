@@ -237,7 +237,10 @@ def rows_view(routes: RouteTable, inputs: Inputs) -> list[dict[str, Any]]:
                 threshold = f"recall ≥ {noise.get('effective_min_recall') or policy.min_recall:g}"
             else:
                 threshold = "JSON equal"
-            threshold += f", ≤{policy.max_failure_ratio:.0%} failing"
+            if policy.max_failure_ratio:
+                threshold += f", ≤{policy.max_failure_ratio:.0%} may fail"
+            else:
+                threshold += ", none may fail"
         rows.append(
             {
                 "name": name,

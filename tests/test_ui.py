@@ -7,6 +7,7 @@ browser context (its own cookies).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Iterator
@@ -236,45 +237,46 @@ def test_a_stale_form_is_refused_and_shows_what_changed(shim: Shim, page: Any) -
 # -- over HTTP -----------------------------------------------------------------------------
 
 
-def logged_in_client(shim: Shim) -> tuple[httpx.Client, str]:
+@contextlib.contextmanager
+def logged_in_client(shim: Shim) -> Iterator[tuple[httpx.Client, str]]:
     """A client holding a session, as the login form gives one, and its CSRF token."""
-    client = httpx.Client(base_url=shim.admin_url, headers={"origin": shim.admin_url})
-    form = client.get("/_shim/ui/login").text
-    csrf = re.search(r'name="csrf" value="([^"]+)"', form)
-    assert csrf is not None
-    login = client.post("/_shim/ui/login", data={"csrf": csrf.group(1), "token": TOKEN})
-    assert login.status_code == 303 and "shim_session" in client.cookies
-    return client, csrf.group(1)
+    with httpx.Client(base_url=shim.admin_url, headers={"origin": shim.admin_url}) as client:
+        form = client.get("/_shim/ui/login").text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form)
+        assert csrf is not None
+        login = client.post("/_shim/ui/login", data={"csrf": csrf.group(1), "token": TOKEN})
+        assert login.status_code == 303 and "shim_session" in client.cookies
+        yield client, csrf.group(1)
 
 
 def test_csrf_a_foreign_origin_and_a_missing_session_are_refused(shim: Shim) -> None:
-    client, csrf = logged_in_client(shim)
-    before = len(read_audit(shim.state_dir))
-    generation = str(api_flags(shim)["generation"])
-    form = {
-        "csrf": csrf,
-        "endpoint": "chat",
-        "action": "shadow_off",
-        "reason": "x",
-        "expected_generation": generation,
-    }
-    wrong_csrf = client.post("/_shim/ui/act", data={**form, "csrf": new_csrf(b"k" * 32)})
-    assert wrong_csrf.status_code == 403 and "CSRF" in wrong_csrf.text
-    foreign = client.post("/_shim/ui/act", data=form, headers={"origin": "http://evil.example"})
-    assert foreign.status_code == 403 and "evil.example" in foreign.text
-    no_origin = httpx.post(f"{shim.admin_url}/_shim/ui/act", data=form, cookies=client.cookies)
-    assert no_origin.status_code == 403
-    anonymous = httpx.post(
-        f"{shim.admin_url}/_shim/ui/act",
-        data=form,
-        headers={"origin": shim.admin_url},
-        cookies={"shim_csrf": csrf},
-    )
-    assert anonymous.status_code == 401
-    assert len(read_audit(shim.state_dir)) == before
-    page = client.get("/_shim/ui")
-    assert page.headers["content-security-policy"].startswith("default-src 'self'")
-    assert TOKEN not in page.text
+    with logged_in_client(shim) as (client, csrf):
+        before = len(read_audit(shim.state_dir))
+        generation = str(api_flags(shim)["generation"])
+        form = {
+            "csrf": csrf,
+            "endpoint": "chat",
+            "action": "shadow_off",
+            "reason": "x",
+            "expected_generation": generation,
+        }
+        wrong_csrf = client.post("/_shim/ui/act", data={**form, "csrf": new_csrf(b"k" * 32)})
+        assert wrong_csrf.status_code == 403 and "CSRF" in wrong_csrf.text
+        foreign = client.post("/_shim/ui/act", data=form, headers={"origin": "http://evil.example"})
+        assert foreign.status_code == 403 and "evil.example" in foreign.text
+        no_origin = httpx.post(f"{shim.admin_url}/_shim/ui/act", data=form, cookies=client.cookies)
+        assert no_origin.status_code == 403
+        anonymous = httpx.post(
+            f"{shim.admin_url}/_shim/ui/act",
+            data=form,
+            headers={"origin": shim.admin_url},
+            cookies={"shim_csrf": csrf},
+        )
+        assert anonymous.status_code == 401
+        assert len(read_audit(shim.state_dir)) == before
+        page = client.get("/_shim/ui")
+        assert page.headers["content-security-policy"].startswith("default-src 'self'")
+        assert TOKEN not in page.text
 
 
 def test_the_proxy_port_never_serves_the_page(shim: Shim) -> None:

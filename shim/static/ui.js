@@ -1,6 +1,7 @@
-// The operator page's only script: refresh the live region once a second (short polling,
-// chosen over server-sent events: see the README), show when the connection is lost, and
-// warn when an open form's generation is no longer the state's. Forms work without it.
+// The operator page's only script: refresh its live parts (#live-table, #live-detail) once a
+// second (short polling, chosen over server-sent events: see the README), show when the
+// connection is lost, and warn when an open form's generation is no longer the state's.
+// Forms work without it.
 "use strict";
 (function () {
   const live = document.getElementById("live");
@@ -39,8 +40,12 @@
         cache: "no-store", credentials: "same-origin", signal: controller.signal,
       });
       if (!answer.ok) throw new Error("HTTP " + answer.status);
-      live.innerHTML = await answer.text();
-      const root = live.firstElementChild;
+      const fresh = new DOMParser().parseFromString(await answer.text(), "text/html");
+      for (const part of ["live-table", "live-detail"]) {
+        const source = fresh.getElementById(part), target = document.getElementById(part);
+        if (source && target) target.innerHTML = source.innerHTML;
+      }
+      const root = live.querySelector(".live-root");
       const current = root ? root.dataset.generation : null;
       if (current !== null && generation) generation.textContent = current;
       if (expected && stale && current !== null) {
