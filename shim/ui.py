@@ -17,22 +17,18 @@ and the API.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import hmac
-import math
-import secrets
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import jinja2
 import orjson
-from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -42,19 +38,23 @@ from shim import metrics
 from shim.errors import FlagConflict, FlagError, ShimError
 from shim.flags import AUDIT_FILE, audit_lines
 from shim.gate import GateDecision, gated_set
-from shim.routes import RouteTable
-from shim.types import BACKENDS
-from shim.views import audit_entry, audit_view, describe, flags_view, last_changes, parity_view
-from shim.workers import WorkerStatus
+from shim.sessions import (
+    SESSION_SECONDS,
+    csrf_nonce,
+    new_csrf,
+    new_session,
+    session_of,
+    signing_key,
+)
+from shim.ui_view import Inputs, evidence, rows_view
+from shim.views import audit_entry, audit_view, describe, flags_view, parity_view
 
 if TYPE_CHECKING:
     from shim.admin import AdminContext
 
 HERE = Path(__file__).resolve().parent
 SESSION_COOKIE, CSRF_COOKIE = "shim_session", "shim_csrf"
-SESSION_SECONDS = 8 * 3600
 SPLIT_WINDOW_SECONDS = 60.0
-REQUEST_SHOWN_CHARS = 600
 MAX_FORM_BYTES = 16 * 1024
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -67,15 +67,7 @@ SECURITY_HEADERS = {
     "referrer-policy": "same-origin",
     "cache-control": "no-store",
 }
-GUARD_LABELS = {
-    "off": "off",
-    "idle": "idle (rust)",
-    "on": "watching",
-    "PASS": "watching · ok",
-    "INCONCLUSIVE": "watching · too few",
-    "FAIL": "FAILING",
-}
-ACTIONS = {
+ACTIONS: dict[str, dict[str, Any]] = {
     "serve_go": {"serve": "go"},
     "serve_rust": {"serve": "rust"},
     "shadow_on": {"shadow": True},
@@ -91,221 +83,6 @@ templates = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
 )
 templates.filters["describe"] = describe
-
-
-# -- evidence: pure ---------------------------------------------------------------------
-
-
-def histogram_svg(
-    values: Sequence[float], *, edges: Sequence[float], threshold: float, labels: Sequence[str]
-) -> str:
-    """A small bar chart of `values` binned by `edges`, the threshold as a red line.
-
-    Bars left of the threshold bin are drawn as failing. Only numbers reach the markup.
-    """
-    counts = [0] * (len(edges) - 1)
-    for value in values:
-        for index in range(len(counts)):
-            if value < edges[index + 1] or index == len(counts) - 1:
-                counts[index] += 1
-                break
-    width, height, pad = 360, 90, 14
-    bar = (width - 2 * pad) / len(counts)
-    top = max(counts) or 1
-    parts = [
-        f'<svg class="chart" viewBox="0 0 {width} {height + 28}" role="img" '
-        f'aria-label="distribution of {len(values)} comparisons">'
-    ]
-    for index, count in enumerate(counts):
-        h = (height - 10) * count / top
-        x, y = pad + index * bar, height - h
-        failing = edges[index + 1] <= threshold
-        parts.append(
-            f'<rect x="{x + 1:.1f}" y="{y:.1f}" width="{bar - 2:.1f}" height="{h:.1f}" '
-            f'class="{"bad" if failing else "good"}"><title>{count}</title></rect>'
-        )
-        if count:
-            parts.append(f'<text x="{x + bar / 2:.1f}" y="{y - 2:.1f}" class="n">{count}</text>')
-    cut = next((i for i in range(len(edges)) if edges[i] >= threshold), len(edges) - 1)
-    x = pad + cut * bar
-    parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="0" y2="{height}" class="threshold"/>')
-    for index, label in enumerate(labels):
-        x = pad + index * bar * (len(counts) / max(1, len(labels) - 1))
-        parts.append(f'<text x="{x:.1f}" y="{height + 14}" class="axis">{label}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def evidence(
-    route_name: str, verdict: Mapping[str, Any], records: Sequence[Mapping[str, Any]], policy: Any
-) -> dict[str, Any]:
-    """What the evidence panel shows for one endpoint: its chart, worst samples, drift."""
-    comparisons = [
-        r
-        for r in records
-        if r.get("endpoint") == route_name and r.get("kind") in ("shadow", "probe")
-    ]
-    chart = None
-    if verdict["comparator"] == "cosine":
-        cosines = [
-            r["metrics"]["min_cosine"] for r in comparisons if "min_cosine" in r.get("metrics", {})
-        ]
-        threshold = verdict["noise"].get("effective_min_cosine") or policy.min_cosine
-        # The distance from identical, 1 - cos, on a log scale: 1e-7 .. 1 in decades.
-        distances = [-math.log10(max(1e-9, 1 - c)) for c in cosines]
-        edges = [0, 1, 2, 3, 4, 5, 6, 7, 99]
-        chart = {
-            "title": "lowest cosine per comparison (bins of 1−cos; right is closer to identical)",
-            "svg": histogram_svg(
-                distances,
-                edges=edges,
-                threshold=-math.log10(max(1e-9, 1 - threshold)),
-                labels=["1", "0.9", "0.99", "0.999", "1-1e-4", "1-1e-5", "1-1e-6", "≥1-1e-7", ""],
-            ),
-            "count": len(cosines),
-        }
-    elif verdict["comparator"] == "ranking":
-        recalls = [r["metrics"]["recall"] for r in comparisons if "recall" in r.get("metrics", {})]
-        threshold = verdict["noise"].get("effective_min_recall") or policy.min_recall
-        chart = {
-            "title": "recall@k of ids per comparison",
-            "svg": histogram_svg(
-                recalls,
-                edges=[0, 0.5, 0.8, 0.9, 0.95, 0.99, 1.0000001],
-                threshold=threshold,
-                labels=["0", "0.5", "0.8", "0.9", "0.95", "0.99", "1"],
-            ),
-            "count": len(recalls),
-        }
-    worst = []
-    for sample in verdict["worst"]:
-        request = str(sample.get("request") or "")
-        worst.append(
-            {
-                **sample,
-                "request": request[:REQUEST_SHOWN_CHARS]
-                + ("…" if len(request) > REQUEST_SHOWN_CHARS else ""),
-            }
-        )
-    drift = sorted(set(verdict["drift"]["rust"]) | set(verdict["drift"]["go"]))
-    return {
-        "chart": chart,
-        "worst": worst,
-        "drift": [
-            (p, verdict["drift"]["rust"].get(p), verdict["drift"]["go"].get(p)) for p in drift
-        ],
-    }
-
-
-# -- the page's model: pure -------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Inputs:
-    """Everything the page is built from, read once per render (see `Reader`)."""
-
-    flags: dict[str, Any]
-    parity: dict[str, Any]
-    parity_records: list[dict[str, Any]]
-    audit: list[dict[str, Any]]
-    workers: list[WorkerStatus]
-    requests: dict[tuple[str, ...], float]  # (endpoint, backend) -> count in the split window
-    split_seconds: float | None  # None: counted since the shim started
-    fallbacks: dict[tuple[str, ...], float]
-    guard: dict[str, tuple[str, str]]  # endpoint -> (status, reason) of this worker's guard
-
-
-def rows_view(routes: RouteTable, inputs: Inputs) -> list[dict[str, Any]]:
-    """One row per endpoint: everything the table shows, decided here, not in the template."""
-    newest = last_changes(inputs.audit)
-    guard_rollbacks = {r["endpoint"]: r for r in inputs.audit if r.get("actor") == "guard"}
-    rows = []
-    for name, flag in inputs.flags["endpoints"].items():
-        route = routes[name]
-        verdict = inputs.parity["endpoints"].get(name)
-        served = {b: inputs.requests.get((name, b), 0.0) for b in BACKENDS}
-        total = sum(served.values())
-        generation = newest.get(name, 0)
-        applied = sum(1 for w in inputs.workers if w.generation >= generation)
-        policy = route.parity
-        threshold = None
-        if verdict is not None:
-            noise = verdict["noise"]
-            if verdict["comparator"] == "cosine":
-                threshold = f"cos ≥ {noise.get('effective_min_cosine') or policy.min_cosine:g}"
-            elif verdict["comparator"] == "ranking":
-                threshold = f"recall ≥ {noise.get('effective_min_recall') or policy.min_recall:g}"
-            else:
-                threshold = "JSON equal"
-            if policy.max_failure_ratio:
-                threshold += f", ≤{policy.max_failure_ratio:.0%} may fail"
-            else:
-                threshold += ", none may fail"
-        rows.append(
-            {
-                "name": name,
-                "flag": flag,
-                "go_only": route.go_only,
-                "shadowable": route.shadowable,
-                "observed_go": round(100 * served["go"] / total) if total else None,
-                "observed_total": int(total),
-                "verdict": verdict,
-                "detail": verdict["headline"].split(" ", 1)[1] if verdict else "",
-                "min_samples": policy.min_samples,
-                "threshold": threshold,
-                "applied": applied,
-                "workers": len(inputs.workers),
-                "fallbacks": int(sum(v for k, v in inputs.fallbacks.items() if k[0] == name)),
-                "guard": inputs.guard.get(name, ("off", "")),
-                "guard_label": GUARD_LABELS.get(inputs.guard.get(name, ("off", ""))[0], "?"),
-                "guard_rollback": guard_rollbacks.get(name),
-            }
-        )
-    return rows
-
-
-# -- sessions and CSRF: pure ------------------------------------------------------------
-
-
-def _key(token: SecretStr) -> bytes:
-    """The signing key: derived from the admin token, so every worker has it without a file,
-    and a new token ends every session."""
-    return hmac.new(token.get_secret_value().encode(), b"cutover-shim ui", hashlib.sha256).digest()
-
-
-def _sign(key: bytes, text: str) -> str:
-    mac = hmac.new(key, text.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
-
-
-def new_csrf(key: bytes) -> str:
-    nonce = secrets.token_urlsafe(16)
-    return f"{nonce}.{_sign(key, 'csrf:' + nonce)}"
-
-
-def csrf_nonce(key: bytes, value: str) -> str | None:
-    nonce, _, signature = value.partition(".")
-    ok = nonce and hmac.compare_digest(signature, _sign(key, "csrf:" + nonce))
-    return nonce if ok else None
-
-
-def new_session(key: bytes, *, who: str, nonce: str, now: float) -> str:
-    body = base64.urlsafe_b64encode(
-        orjson.dumps({"who": who, "n": nonce, "exp": int(now + SESSION_SECONDS)})
-    ).decode()
-    return f"{body}.{_sign(key, 'session:' + body)}"
-
-
-def session_of(key: bytes, value: str, *, now: float) -> dict[str, Any] | None:
-    """The session a cookie carries, when signed by `key` and not expired."""
-    body, _, signature = value.partition(".")
-    if not body or not hmac.compare_digest(signature, _sign(key, "session:" + body)):
-        return None
-    try:
-        session = orjson.loads(base64.urlsafe_b64decode(body))
-    except ValueError:
-        return None
-    return session if isinstance(session, dict) and session.get("exp", 0) > now else None
 
 
 # -- reading: the only I/O, in a thread -------------------------------------------------
@@ -424,7 +201,7 @@ def ui_routes(context: AdminContext) -> list[BaseRoute]:
             return await asyncio.to_thread(reader.read, guard)
 
     def key() -> bytes | None:
-        return _key(settings.admin_token) if settings.admin_token else None
+        return signing_key(settings.admin_token) if settings.admin_token else None
 
     def session(request: Request) -> dict[str, Any] | None:
         k = key()
@@ -562,7 +339,7 @@ def ui_routes(context: AdminContext) -> list[BaseRoute]:
         if isinstance(form, Response):
             return form
         assert settings.admin_token is not None
-        k = _key(settings.admin_token)
+        k = signing_key(settings.admin_token)
         given = str(form.get("token", "")).encode()
         if not hmac.compare_digest(given, settings.admin_token.get_secret_value().encode()):
             csrf = str(form["csrf"])
@@ -627,7 +404,7 @@ def ui_routes(context: AdminContext) -> list[BaseRoute]:
                 generation = changes[0].generation if changes else None
             elif action in ACTIONS and endpoint in context.routes:
                 update: dict[str, Any] = dict(ACTIONS[action])
-                percent: int | type[Ellipsis] | None = ...
+                percent: int | EllipsisType | None = ...  # left as it is
                 if action == "canary":
                     text = str(form.get("percent", "")).strip()
                     percent = int(text) if text.isdigit() else None

@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from shim.flags import read_audit
-from shim.ui import SESSION_SECONDS, histogram_svg, new_csrf, new_session, session_of
+from shim.sessions import SESSION_SECONDS, new_csrf, new_session, session_of
+from shim.ui_view import histogram_svg
 from shim.views import audit_view
 from tests.flipping import wait_for_generation, wait_for_parity
 from tests.servers import Shim
