@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint format soak clean install
+.PHONY: demo test lint format soak screenshots clean install
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
@@ -35,6 +35,10 @@ lint: $(BIN)/.installed
 
 soak: $(BIN)/.installed
 	$(BIN)/python benchmarks/soak.py --requests 200000
+
+# The operator page in three states, for the README (needs /usr/bin/chromium).
+screenshots: $(BIN)/.installed
+	$(BIN)/python docs/screenshots.py
 
 format: $(BIN)/.installed
 	$(BIN)/ruff format .

@@ -26,6 +26,7 @@ from starlette.routing import Route
 from shim import metrics
 from shim.errors import (
     AdminWritesDisabled,
+    FlagConflict,
     InvalidValue,
     MethodNotAllowed,
     NotFound,
@@ -35,17 +36,21 @@ from shim.errors import (
 )
 from shim.flags import Change, FlagStore, FlagView, pin_conflicts, resolve
 from shim.gate import gated_set
+from shim.guard import Guard
 from shim.parity import ParityStore
-from shim.parity import verdicts as parity_verdicts
 from shim.routes import RouteTable
 from shim.settings import Settings
 from shim.types import BACKENDS
+from shim.ui import ui_routes
 from shim.upstream import Upstream
+from shim.views import flags_view, parity_view
 from shim.workers import Applied, WorkerRegistry
 
 UI_PATH = "/_shim/ui"  # the operator page, linked from the index once it is served
 WRITE_METHODS = frozenset({"PUT", "POST", "DELETE", "PATCH"})
-FLAG_KEYS = frozenset({"serve", "shadow", "percent", "reason", "force", "dry_run"})
+FLAG_KEYS = frozenset(
+    {"serve", "shadow", "percent", "reason", "force", "dry_run", "expected_generation"}
+)
 _ACTOR = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 
 
@@ -60,40 +65,25 @@ class AdminContext:
     upstream: Upstream
     workers: WorkerRegistry
     parity: ParityStore
+    guard: Guard | None = None  # this worker's guard, for the operator page's guard column
 
 
 def flags_document(context: AdminContext) -> dict[str, Any]:
     """Every endpoint's flag in force, the generation, and which workers serve it."""
-    state = context.flags.state
-    endpoints = {}
-    for name, route in context.routes.routes.items():
-        effective = resolve(state, context.routes, context.store.pins, name)
-        endpoints[name] = {
-            **effective.flag.settings(),
-            "source": effective.source,
-            "pinned_by": effective.pinned_by,
-            "go_only": route.go_only,
-            "changed_at": effective.flag.changed_at,
-            "actor": effective.flag.actor,
-            "reason": effective.flag.reason,
-        }
-    workers = context.workers.live()
-    return {
-        "generation": state.generation,
-        "worker": os.getpid(),
-        "load_errors": context.flags.load_errors,
-        "workers": [
-            {
-                "pid": w.pid,
-                "generation": w.generation,
-                "heartbeat_age_s": round(w.age, 2),
-                "applied": w.generation >= state.generation,
-            }
-            for w in workers
-        ],
-        "endpoints": endpoints,
-        "warnings": pin_conflicts(state, context.routes, context.store.pins),
-    }
+    return flags_view(
+        context.flags.state,
+        context.routes,
+        context.store.pins,
+        context.workers.live(),
+        worker=os.getpid(),
+        load_errors=context.flags.load_errors,
+    )
+
+
+def current_flags(context: AdminContext) -> dict[str, Any]:
+    """The flags as the store holds them now (the worker's view may lag by one poll)."""
+    state, _ = context.store.read_or_last_good()
+    return flags_view(state, context.routes, context.store.pins, context.workers.live())
 
 
 def change_document(change: Change) -> dict[str, Any]:
@@ -190,7 +180,15 @@ def flag_update(document: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(document[name], bool):
                 raise InvalidValue(f"{name} must be true or false")
             update[name] = document[name]
+    update["expected_generation"] = expected_generation(document)
     return update
+
+
+def expected_generation(document: dict[str, Any]) -> int | None:
+    value = document.get("expected_generation")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise InvalidValue("expected_generation must be the integer generation you were shown")
+    return value
 
 
 def build_admin(context: AdminContext) -> Starlette:
@@ -249,6 +247,7 @@ def build_admin(context: AdminContext) -> Starlette:
             reason=update.get("reason"),
             force=update.get("force", False),
             dry_run=update.get("dry_run", False),
+            expected_generation=update["expected_generation"],
         )
         if update.get("dry_run"):
             return JSONResponse({"dry_run": True, **decision.to_dict()})
@@ -271,9 +270,12 @@ def build_admin(context: AdminContext) -> Starlette:
         """Send endpoints back to rust: {"endpoints": [...], "reason": "..."} (optional)."""
         authorize(request, settings.admin_token)
         document = await json_object(request, optional=True)
-        unknown = set(document) - {"endpoints", "reason"}
+        unknown = set(document) - {"endpoints", "reason", "expected_generation"}
         if unknown:
-            raise InvalidValue(f"unknown key {sorted(unknown)[0]!r}; allowed: endpoints, reason")
+            raise InvalidValue(
+                f"unknown key {sorted(unknown)[0]!r}; allowed: endpoints, reason, "
+                "expected_generation"
+            )
         endpoints = document.get("endpoints")
         if endpoints is not None and (
             not isinstance(endpoints, list) or not all(isinstance(e, str) for e in endpoints)
@@ -284,6 +286,7 @@ def build_admin(context: AdminContext) -> Starlette:
             endpoints or None,
             actor=actor_of(request),
             reason=document.get("reason"),
+            expected_generation=expected_generation(document),
         )
         applied = await wait(changes[0].generation) if changes else None
         return JSONResponse(
@@ -298,12 +301,8 @@ def build_admin(context: AdminContext) -> Starlette:
         records = await asyncio.to_thread(
             context.parity.samples, window_seconds=settings.parity_window_hours * 3600
         )
-        results = parity_verdicts(context.routes, records)
         return JSONResponse(
-            {
-                "window_hours": settings.parity_window_hours,
-                "endpoints": {name: verdict.to_dict() for name, verdict in results.items()},
-            }
+            parity_view(context.routes, records, window_hours=settings.parity_window_hours)
         )
 
     async def metrics_text(request: Request) -> Response:
@@ -314,6 +313,8 @@ def build_admin(context: AdminContext) -> Starlette:
 
     async def shim_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ShimError)
+        if isinstance(exc, FlagConflict) and exc.current is None:
+            exc.current = await asyncio.to_thread(current_flags, context)
         return error_response(exc)
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -339,6 +340,7 @@ def build_admin(context: AdminContext) -> Starlette:
         Route("/_shim/rollback", rollback, methods=["POST"]),
         Route("/_shim/parity", parity, methods=["GET"]),
         Route("/metrics", metrics_text, methods=["GET"]),
+        *ui_routes(context),
     ]
     return Starlette(
         routes=routes, exception_handlers={ShimError: shim_error, HTTPException: http_error}

@@ -68,7 +68,14 @@ class ShimApp:
         self.proxy = Proxy(routes, self.flags, self.upstream, settings, self.shadower, self.guard)
         self.admin = build_admin(
             AdminContext(
-                settings, routes, self.store, self.flags, self.upstream, self.workers, self.parity
+                settings,
+                routes,
+                self.store,
+                self.flags,
+                self.upstream,
+                self.workers,
+                self.parity,
+                guard=self.guard,
             )
         )
         self._admin_address = (settings.admin_host, settings.admin_port)

@@ -32,13 +32,12 @@ from shim.flags import (
     audit_lines,
     check_pins,
     cli_actor,
-    pin_conflicts,
-    resolve,
     served_by,
 )
 from shim.routes import GO_PREFIX, RouteTable, load_routes
 from shim.settings import Settings, load_settings
 from shim.types import Backend
+from shim.views import describe, flags_view
 from shim.workers import WorkerRegistry, WorkerStatus
 
 if TYPE_CHECKING:
@@ -512,26 +511,25 @@ def run_flags_table(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"warning: {problem.message}", file=sys.stderr)
         print("showing the last good state the shim knows:", file=sys.stderr)
+    view = flags_view(state, routes, store.pins, registry.live())
     rows = [("ENDPOINT", "SERVE", "SHADOW", "CANARY%", "PINNED BY", "SOURCE", "LAST CHANGE")]
-    for name in routes.routes:
-        effective = resolve(state, routes, store.pins, name)
-        flag = effective.flag
-        changed = f"{flag.changed_at} {flag.actor}" if flag.changed_at else "-"
+    for name, flag in view["endpoints"].items():
+        changed = f"{flag['changed_at']} {flag['actor']}" if flag["changed_at"] else "-"
         rows.append(
             (
-                name + (" (go-only)" if routes[name].go_only else ""),
-                flag.serve,
-                "on" if flag.shadow else "off",
-                "-" if flag.percent is None else str(flag.percent),
-                effective.pinned_by or "-",
-                effective.source,
+                name + (" (go-only)" if flag["go_only"] else ""),
+                flag["serve"],
+                "on" if flag["shadow"] else "off",
+                "-" if flag["percent"] is None else str(flag["percent"]),
+                flag["pinned_by"] or "-",
+                flag["source"],
                 changed,
             )
         )
     print(_table(rows))
     applied = registry.applied(state.generation)
     print(f"\ngeneration {state.generation} · {applied.summary()} · state {store.path}")
-    for warning in pin_conflicts(state, routes, store.pins):
+    for warning in view["warnings"]:
         print(f"warning: {warning}")
     return 0
 
@@ -656,13 +654,7 @@ def _describe(flag: Flag) -> str:
 
 
 def _describe_settings(settings: dict[str, Any]) -> str:
-    serve, shadow, percent = settings["serve"], settings["shadow"], settings["percent"]
-    parts = [serve]
-    if shadow:
-        parts.append("shadow")
-    if percent is not None:
-        parts.append(f"{percent}% go")
-    return "+".join(parts)
+    return describe(settings)
 
 
 # -- check -------------------------------------------------------------------------------

@@ -15,7 +15,8 @@
     ├── FlagError                  a flag change that is refused
     │   ├── UnknownEndpoint        404 unknown_endpoint
     │   ├── FlagRefused            422 flag_refused (e.g. a Go-only endpoint to rust)
-    │   └── FlagPinned             409 flag_pinned (names the SHIM_PIN__ variable)
+    │   ├── FlagPinned             409 flag_pinned (names the SHIM_PIN__ variable)
+    │   └── FlagConflict           409 conflict (the state moved past `expected_generation`)
     ├── Overloaded                 503 overloaded: shed after waiting (shim/admission.py)
     └── BackendError               502 backend_error: the backend failed or answered badly
         ├── BackendUnreachable     502 backend_unreachable
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -175,6 +177,26 @@ class FlagPinned(FlagError):
     def __init__(self, message: str, *, variable: str) -> None:
         super().__init__(message)
         self.variable = variable
+
+
+class FlagConflict(FlagError):
+    """A write made against a generation the state has moved past (a stale form)."""
+
+    status_code = 409
+    code = "conflict"
+
+    def __init__(self, message: str, *, expected: int, generation: int) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.generation = generation
+        self.current: dict[str, Any] | None = None  # the state now, filled in by the API
+
+    def to_dict(self) -> dict[str, Any]:
+        """The contract: the refusal carries the current state."""
+        document: dict[str, Any] = dict(super().to_dict())
+        if self.current is not None:
+            document["current"] = self.current
+        return document
 
 
 class Overloaded(ShimError):

@@ -30,7 +30,14 @@ from typing import Any
 
 import orjson
 
-from shim.errors import ConfigError, FlagPinned, FlagRefused, ShimError, UnknownEndpoint
+from shim.errors import (
+    ConfigError,
+    FlagConflict,
+    FlagPinned,
+    FlagRefused,
+    ShimError,
+    UnknownEndpoint,
+)
 from shim.jsonl import Lines, append_lines, read_lines
 from shim.routes import RouteTable
 from shim.types import BACKENDS, Backend
@@ -353,16 +360,19 @@ class FlagStore:
         reason: str | None = None,
         forced: bool = False,
         gate: Mapping[str, Any] | None = None,
+        expected_generation: int | None = None,
     ) -> Change | None:
         """Change one endpoint's flag (fields left out keep their value); None if no change
         (unless the file had to be repaired: a repair is always written).
 
-        Raises as `plan` does. The parity gate is not checked here (see `shim.gate`), but
+        Raises as `plan` does, and FlagConflict when `expected_generation` is given and the
+        state is at another one. The parity gate is not checked here (see `shim.gate`), but
         its decision is recorded with the change.
         """
         self._check(endpoint, serve, percent, shadow)
         with self._locked():
             state, recovery = self._read_for_write()
+            expect_generation(state, expected_generation)
             current, proposed = self._plan(state, endpoint, serve, shadow, percent)
             if proposed.settings() == current.settings() and recovery is None:
                 return None
@@ -378,11 +388,17 @@ class FlagStore:
         return changes[0]
 
     def rollback(
-        self, endpoints: list[str] | None, *, actor: str, reason: str | None = None
+        self,
+        endpoints: list[str] | None,
+        *,
+        actor: str,
+        reason: str | None = None,
+        expected_generation: int | None = None,
     ) -> list[Change]:
         """Send the named endpoints (all when None) back to rust in one write.
 
-        Go-only endpoints are skipped when none are named and refused when named.
+        Go-only endpoints are skipped when none are named and refused when named;
+        FlagConflict as in `set`.
         """
         names = (
             endpoints if endpoints else [n for n, r in self.routes.routes.items() if not r.go_only]
@@ -391,6 +407,7 @@ class FlagStore:
             self._check(name, "rust", ...)
         with self._locked():
             state, recovery = self._read_for_write()
+            expect_generation(state, expected_generation)
             before = {n: resolve(state, self.routes, self.pins, n) for n in names}
             updates = {}
             for name, effective in before.items():
@@ -476,6 +493,19 @@ class FlagStore:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def expect_generation(state: FlagState, expected: int | None) -> None:
+    """Under the store's lock: refuse a write made against another generation than the
+    current one, so a form shown a minute ago cannot undo a newer change."""
+    if expected is not None and state.generation != expected:
+        raise FlagConflict(
+            f"the flag state is at generation {state.generation}, not {expected} as this "
+            "change expected: someone changed it meanwhile; read it again (GET /_shim/flags "
+            "or `shim flags --history`) and decide on what is there now",
+            expected=expected,
+            generation=state.generation,
+        )
+
+
 def audit_record(change: Change) -> dict[str, Any]:
     """One line of `audit.jsonl`."""
     record: dict[str, Any] = {
@@ -501,12 +531,14 @@ def read_audit(state_dir: Path, endpoint: str | None = None) -> list[dict[str, A
     return audit_lines(state_dir, endpoint).records
 
 
-def audit_lines(state_dir: Path, endpoint: str | None = None) -> Lines:
-    """The audit trail and how many of its lines could not be read."""
-    lines = read_lines(state_dir / AUDIT_FILE)
+def audit_lines(state_dir: Path, endpoint: str | None = None, *, start: int = 0) -> Lines:
+    """The audit trail and how many of its lines could not be read (from `start`: only what
+    was appended since a previous read's `end`)."""
+    lines = read_lines(state_dir / AUDIT_FILE, start=start)
     valid = [r for r in lines.records if _is_audit_record(r)]
     unreadable = lines.unreadable + len(lines.records) - len(valid)
-    return Lines([r for r in valid if endpoint is None or r["endpoint"] == endpoint], unreadable)
+    chosen = [r for r in valid if endpoint is None or r["endpoint"] == endpoint]
+    return Lines(chosen, unreadable, lines.end)
 
 
 def _is_audit_record(record: Mapping[str, Any]) -> bool:

@@ -16,7 +16,7 @@ from types import EllipsisType
 from typing import Any
 
 from shim.errors import FlagError
-from shim.flags import Change, Flag, FlagStore
+from shim.flags import Change, Flag, FlagStore, expect_generation
 from shim.parity import PASS, ParityStore, Verdict, judge
 from shim.settings import Settings
 from shim.types import Backend
@@ -152,8 +152,13 @@ def gated_set(
     force: bool = False,
     dry_run: bool = False,
     gate_setting: str = "SHIM_PARITY_GATE=false",
+    expected_generation: int | None = None,
 ) -> tuple[GateDecision, Change | None]:
-    """Check the gate, then (unless `dry_run`) write the change. GateClosed when refused."""
+    """Check the gate, then (unless `dry_run`) write the change. GateClosed when refused;
+    FlagConflict when `expected_generation` is given and the state has moved from it."""
+    # A stale change is refused before the gate is asked: its evidence was shown for a state
+    # that is gone. The store checks again under its lock.
+    expect_generation(store.read_or_last_good()[0], expected_generation)
     current, proposed = store.plan(endpoint, serve=serve, shadow=shadow, percent=percent)
     decision = evaluate(
         settings, store, parity, endpoint, current, proposed, gate_setting=gate_setting
@@ -172,5 +177,6 @@ def gated_set(
         reason=reason,
         forced=forced,
         gate=decision.record(forced=forced),
+        expected_generation=expected_generation,
     )
     return decision, change

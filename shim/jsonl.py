@@ -15,18 +15,29 @@ import orjson
 
 
 class Lines(NamedTuple):
-    """The records of a JSON-lines file, and how many lines were not records."""
+    """The records of a JSON-lines file, how many lines were not records, and the offset
+    where the lines read end (to read only what is appended next: `start=end`)."""
 
     records: list[dict[str, Any]]
     unreadable: int
+    end: int = 0
 
 
-def read_lines(path: Path) -> Lines:
-    """Every complete record of `path`, oldest first; a missing file has none."""
+def read_lines(path: Path, *, start: int = 0) -> Lines:
+    """Every complete record of `path`, oldest first; a missing file has none.
+
+    From `start` > 0 (a previous `end`), only the lines appended since, and only whole ones:
+    a line still being written is read next time.
+    """
     try:
-        lines = path.read_bytes().splitlines()
+        with path.open("rb") as file:
+            file.seek(start)
+            data = file.read()
     except FileNotFoundError:
         return Lines([], 0)
+    if start:
+        data = data[: data.rfind(b"\n") + 1]
+    lines = data.splitlines()
     records = []
     unreadable = 0
     for line in lines:
@@ -39,7 +50,7 @@ def read_lines(path: Path) -> Lines:
             records.append(record)
         else:
             unreadable += 1
-    return Lines(records, unreadable)
+    return Lines(records, unreadable, start + len(data))
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

@@ -326,16 +326,32 @@ class AuditCollector(Collector):
         yield family
 
 
-def render(state_dir: Path) -> bytes:
-    """The metrics text for one scrape."""
+def _registry() -> CollectorRegistry:
+    """Every worker's metrics (multiprocess mode), else this process's."""
+    registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     else:
-        registry = CollectorRegistry()
         registry.register(_Default())
+    return registry
+
+
+def render(state_dir: Path) -> bytes:
+    """The metrics text for one scrape."""
+    registry = _registry()
     registry.register(AuditCollector(state_dir))
     return generate_latest(registry)
+
+
+def totals(sample: str, labels: tuple[str, ...]) -> dict[tuple[str, ...], float]:
+    """A counter's value summed over every worker, by `labels` (e.g. `shim_requests_total`
+    by endpoint and backend): what /metrics serves, read for the operator page."""
+    found: Tally[tuple[str, ...]] = Tally()
+    for family in _registry().collect():
+        for s in family.samples:
+            if s.name == sample:
+                found[tuple(s.labels.get(label, "") for label in labels)] += s.value
+    return dict(found)
 
 
 class _Default(Collector):

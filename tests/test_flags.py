@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from shim.errors import FlagPinned, FlagRefused, UnknownEndpoint
+from shim.errors import FlagConflict, FlagPinned, FlagRefused, UnknownEndpoint
 from shim.flags import FlagStore, FlagView
+from shim.flags import audit_lines as audit_trail
 from shim.routes import load_routes
 
 ROUTES = load_routes(Path(__file__).resolve().parent.parent / "config" / "routes.toml")
@@ -115,3 +116,35 @@ def test_concurrent_writers_never_lose_an_update(tmp_path: Path) -> None:
     assert len(records) == 60
     assert sorted(r["generation"] for r in records) == list(range(1, 61))
     assert all(state.flags[e].shadow is True for e in endpoints)  # each one's last write (i=14)
+
+
+def test_a_write_against_a_stale_generation_is_refused_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    flags = store(tmp_path)
+    shown = flags.read().generation
+    flags.set("embed", serve="go", actor="someone-else")
+    with pytest.raises(FlagConflict) as refused:
+        flags.set("embed", serve="rust", actor="test", expected_generation=shown)
+    assert (refused.value.expected, refused.value.generation) == (shown, shown + 1)
+    with pytest.raises(FlagConflict):
+        flags.rollback(None, actor="test", expected_generation=shown)
+    assert flags.effective("embed").flag.serve == "go"
+    assert len(audit_lines(tmp_path)) == 1
+    change = flags.set("embed", serve="rust", actor="test", expected_generation=shown + 1)
+    assert change is not None and change.generation == shown + 2
+
+
+def test_the_audit_trail_can_be_read_from_where_a_read_ended_whole_lines_only(
+    tmp_path: Path,
+) -> None:
+    flags = store(tmp_path)
+    flags.set("embed", serve="go", actor="test")
+    first = audit_trail(tmp_path)
+    assert len(first.records) == 1 and first.end == (tmp_path / "audit.jsonl").stat().st_size
+    flags.set("embed", serve="rust", actor="test")
+    with (tmp_path / "audit.jsonl").open("ab") as file:
+        file.write(b'{"endpoint": "sql", "gener')  # a line still being written
+    tail = audit_trail(tmp_path, start=first.end)
+    assert [r["after"]["serve"] for r in tail.records] == ["rust"] and tail.unreadable == 0
+    assert audit_trail(tmp_path, start=tail.end).records == []
