@@ -12,6 +12,7 @@ import hmac
 import inspect
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from shim import metrics
 from shim.errors import (
@@ -331,7 +332,7 @@ def build_admin(context: AdminContext) -> Starlette:
             error = NotFound(f"no admin route {request.url.path}: GET / lists the admin routes")
         return error_response(error)
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/", index, methods=["GET"]),
         Route("/_shim/healthz", healthz, methods=["GET"]),
         Route("/_shim/readyz", readyz, methods=["GET"]),
@@ -347,9 +348,16 @@ def build_admin(context: AdminContext) -> Starlette:
     )
 
 
-def route_index(routes: list[Route]) -> dict[str, Any]:
+def route_index(all_routes: Sequence[BaseRoute]) -> dict[str, Any]:
     """`GET /`: every admin route with its methods and what it answers (the handler's
-    docstring), and where the operator page is once one is served."""
+    docstring), and where the operator page is once one is served (its static files,
+    a mount, are not listed)."""
+    # The page's own form and poll routes are the page's business: the page is listed once.
+    routes = [
+        route
+        for route in all_routes
+        if isinstance(route, Route) and not route.path.startswith(UI_PATH + "/")
+    ]
     listed = [
         {
             "path": route.path,

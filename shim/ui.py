@@ -268,6 +268,7 @@ def ui_routes(context: AdminContext) -> list[BaseRoute]:
         return render("page.html", model, status, csrf=cookie)
 
     async def index(request: Request) -> Response:
+        """The operator page: every endpoint, its evidence, the audit trail, the actions."""
         done = request.query_params.get("done")
         notice = None
         if done and done.isdigit():
@@ -275,10 +276,12 @@ def ui_routes(context: AdminContext) -> list[BaseRoute]:
         return await page(request, notice=notice)
 
     async def live(request: Request) -> Response:
+        """The parts of the page that change, polled by the page once a second."""
         model = page_model(request, await inputs())
         return render("live.html", model)
 
     async def entry(request: Request) -> Response:
+        """One audit entry, with the state before and after."""
         generation = request.path_params["generation"]
         records = [r for r in reader.audit() if r["generation"] == generation]
         model = {
@@ -330,11 +333,13 @@ def ui_routes(context: AdminContext) -> list[BaseRoute]:
         return form
 
     async def login_page(request: Request) -> Response:
+        """The form that exchanges the admin token for a session cookie."""
         token, cookie = csrf_for(request)
         model = {"csrf": token, "writes": settings.admin_token is not None, "error": None}
         return render("login.html", model, csrf=cookie)
 
     async def login(request: Request) -> Response:
+        """Check the admin token once and set the signed, HttpOnly session cookie."""
         form = await checked_form(request, login=True)
         if isinstance(form, Response):
             return form
@@ -362,6 +367,7 @@ def ui_routes(context: AdminContext) -> list[BaseRoute]:
         return response
 
     async def logout(request: Request) -> Response:
+        """End the session."""
         form = await checked_form(request)
         if isinstance(form, Response):
             return form
@@ -370,6 +376,7 @@ def ui_routes(context: AdminContext) -> list[BaseRoute]:
         return response
 
     async def act(request: Request) -> Response:
+        """A flip, rollback, shadow or canary change from the page, through the gate."""
         form = await checked_form(request)
         if isinstance(form, Response):
             return form

@@ -103,7 +103,7 @@ def test_the_page_lists_every_endpoint_as_the_api_does(shim: Shim, page: Any) ->
     )
     flags = api_flags(shim)["endpoints"]
     assert rows == [[name, flag["serve"]] for name, flag in flags.items()]
-    assert len(rows) == 8
+    assert len(rows) >= 8  # the contract's eight, and any declared in the route table
 
 
 @browser_only
