@@ -323,19 +323,15 @@ def run_serve(args: argparse.Namespace) -> int:
     if (settings.host, settings.port) == (settings.admin_host, settings.admin_port):
         raise ConfigError("the admin listener needs its own port", key="admin_port")
     _prepare_metrics_dir(settings.resolved_metrics_dir())
-    from shim.supervisor import BACKLOG, listening_socket
+    from shim.supervisor import BACKLOG, address_lock, listening_socket, reuseport_sockets
 
+    # One socket per worker, so the kernel spreads connections (shim/supervisor.py); the
+    # supervisor runs for one worker too: SIGHUP (systemctl reload) replaces it in place,
+    # and a worker that dies is started again.
     lock = None
-    if settings.workers == 1:
-        proxy_sockets = [listening_socket(settings.host, settings.port, key="port")]
-    else:  # one socket per worker, so the kernel spreads connections (shim/supervisor.py)
-        from shim.supervisor import address_lock, reuseport_sockets
-
-        if settings.port:
-            lock = address_lock(settings.host, settings.port, key="port")
-        proxy_sockets = reuseport_sockets(
-            settings.host, settings.port, settings.workers, key="port"
-        )
+    if settings.port:
+        lock = address_lock(settings.host, settings.port, key="port")
+    proxy_sockets = reuseport_sockets(settings.host, settings.port, settings.workers, key="port")
     proxy_socket = proxy_sockets[0]
     admin_socket = listening_socket(settings.admin_host, settings.admin_port, key="admin_port")
     # Spawned workers re-import the app and see only the environment.
@@ -381,9 +377,6 @@ def run_serve(args: argparse.Namespace) -> int:
         settings.workers,
         settings.state_dir,
     )
-    if settings.workers == 1:
-        uvicorn.Server(config).run(sockets=[proxy_socket, admin_socket])
-        return 0
     try:
         return _supervise(config, settings, proxy_sockets, admin_socket)
     finally:

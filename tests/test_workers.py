@@ -171,3 +171,19 @@ def test_sighup_replaces_every_worker_while_requests_keep_being_answered(
         asker.join()
     assert len(statuses) > 50 and set(statuses) == {200}
     assert resets <= len(statuses) // 50, (resets, len(statuses))
+
+
+def test_sighup_replaces_a_single_worker_too(start_shim: Callable[..., Shim]) -> None:
+    """`systemctl reload` sends SIGHUP; with one worker it used to end the service (exit
+    129, which systemd counts as a clean exit and does not restart)."""
+    shim = start_shim(workers=1)
+    [before] = worker_pids(shim)
+    assert shim.server.process is not None
+    shim.server.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while worker_pids(shim) in ({before}, set()):
+        assert time.monotonic() < deadline, worker_pids(shim)
+        assert shim.server.process.poll() is None, "shim serve exited on SIGHUP"
+        time.sleep(0.1)
+    assert httpx.get(f"{shim.url}/_shim/healthz").status_code == 200
+    assert shim.server.process.poll() is None
