@@ -124,8 +124,7 @@ class ShimApp:
     async def running(self) -> AsyncIterator[None]:
         """Resources with one owner and one lifetime: pools, flag watcher, heartbeat."""
         self.pid = os.getpid()
-        if not self.flags.refresh():
-            self._applied(self.flags.state)
+        self.flags.refresh(force=True)  # applies (and publishes) even an empty state
         await self.upstream.start()
         tasks = [
             asyncio.create_task(self.flags.watch(), name="flag-watcher"),

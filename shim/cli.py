@@ -443,7 +443,7 @@ def run_flags_table(args: argparse.Namespace) -> int:
         )
     print(_table(rows))
     applied = registry.applied(state.generation)
-    print(f"\ngeneration {state.generation} · {applied.summary()} · state {store.path}")
+    print(f"\ngeneration {state.generation} · {applied.summary()} · {store.backend.describe()}")
     for warning in pin_conflicts(state, routes, store.pins):
         print(f"warning: {warning}")
     return 0

@@ -13,7 +13,9 @@
     ├── FlagError                  a flag change that is refused
     │   ├── UnknownEndpoint        404 unknown_endpoint
     │   ├── FlagRefused            422 flag_refused (e.g. a Go-only endpoint to rust)
-    │   └── FlagPinned             409 flag_pinned (names the SHIM_PIN__ variable)
+    │   ├── FlagPinned             409 flag_pinned (names the SHIM_PIN__ variable)
+    │   └── Conflict               409 conflict (expected_generation is stale)
+    ├── FlagStoreUnavailable       503 flag_store_unavailable (etcd cannot be reached)
     ├── Overloaded                 503 overloaded: too many requests in flight to a backend
     └── BackendError               502 backend_error: the backend failed or answered badly
         ├── BackendUnreachable     502 backend_unreachable
@@ -138,6 +140,33 @@ class FlagPinned(FlagError):
     def __init__(self, message: str, *, variable: str) -> None:
         super().__init__(message)
         self.variable = variable
+
+
+class Conflict(FlagError):
+    """The flag state moved past the generation the change was computed from."""
+
+    status_code = 409
+    code = "conflict"
+
+    def __init__(
+        self, message: str, *, generation: int, current: dict[str, object] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.generation = generation  # the state's generation now
+        self.current = current  # the endpoint's flag now, when known
+
+    def to_dict(self) -> dict[str, dict[str, str]]:
+        document: dict[str, object] = {**super().to_dict(), "generation": self.generation}
+        if self.current is not None:
+            document["current"] = self.current
+        return document  # type: ignore[return-value]  # the error shape plus the state now
+
+
+class FlagStoreUnavailable(ShimError):
+    """The shared flag store (etcd) cannot be reached: writes wait until it is back."""
+
+    status_code = 503
+    code = "flag_store_unavailable"
 
 
 class Overloaded(ShimError):
