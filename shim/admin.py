@@ -33,15 +33,17 @@ from shim.errors import (
 )
 from shim.flags import Change, FlagStore, FlagView, pin_conflicts, resolve
 from shim.gate import gated_set
-from shim.parity import ParityStore
 from shim.parity import verdicts as parity_verdicts
 from shim.routes import RouteTable
 from shim.settings import Settings
+from shim.store import Acknowledgements, Evidence
 from shim.types import BACKENDS
 from shim.upstream import Upstream
-from shim.workers import Applied, WorkerRegistry
+from shim.workers import Applied
 
-FLAG_KEYS = frozenset({"serve", "shadow", "percent", "reason", "force", "dry_run"})
+FLAG_KEYS = frozenset(
+    {"serve", "shadow", "percent", "reason", "force", "dry_run", "expected_generation"}
+)
 _ACTOR = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 
 
@@ -54,8 +56,8 @@ class AdminContext:
     store: FlagStore
     flags: FlagView
     upstream: Upstream
-    workers: WorkerRegistry
-    parity: ParityStore
+    workers: Acknowledgements
+    parity: Evidence
 
 
 def flags_document(context: AdminContext) -> dict[str, Any]:
@@ -160,6 +162,11 @@ def flag_update(document: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(document["reason"], str | None):
             raise InvalidValue("reason must be a string")
         update["reason"] = document["reason"]
+    if "expected_generation" in document:
+        expected = document["expected_generation"]
+        if isinstance(expected, bool) or not isinstance(expected, int) or expected < 0:
+            raise InvalidValue("expected_generation must be the generation you read (an integer)")
+        update["expected_generation"] = expected
     for name in ("force", "dry_run"):
         if name in document:
             if not isinstance(document[name], bool):
@@ -192,6 +199,7 @@ def build_admin(context: AdminContext) -> Starlette:
             "backends": backends,
             "generation": state.generation,
             "flag_load_errors": context.flags.load_errors,
+            "flag_store": store.backend.status(),
             "warnings": pin_conflicts(state, context.routes, store.pins),
         }
         return JSONResponse(document, 200 if ready else 503)
@@ -216,6 +224,7 @@ def build_admin(context: AdminContext) -> Starlette:
             reason=update.get("reason"),
             force=update.get("force", False),
             dry_run=update.get("dry_run", False),
+            expected_generation=update.get("expected_generation"),
         )
         if update.get("dry_run"):
             return JSONResponse({"dry_run": True, **decision.to_dict()})

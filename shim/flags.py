@@ -228,7 +228,11 @@ def served_by(registry: Acknowledgements, routes: RouteTable) -> ServedStates:
 
     def states() -> list[FlagState]:
         found = []
-        for worker in registry.live():
+        try:
+            workers = registry.live()
+        except FlagStoreUnavailable:
+            return []  # etcd down: the cached copy is the best left
+        for worker in workers:
             if worker.state is not None:  # a worker of an older version publishes none
                 with contextlib.suppress(FlagStateError):
                     found.append(state_from_document(worker.state, routes))

@@ -17,8 +17,9 @@ from typing import Any
 
 from shim.errors import FlagError
 from shim.flags import Change, Flag, FlagStore
-from shim.parity import PASS, ParityStore, Verdict, judge
+from shim.parity import PASS, Verdict, judge
 from shim.settings import Settings
+from shim.store import Evidence
 from shim.types import Backend
 
 
@@ -80,7 +81,7 @@ class GateDecision:
 def evaluate(
     settings: Settings,
     store: FlagStore,
-    parity: ParityStore,
+    parity: Evidence,
     endpoint: str,
     current: Flag,
     proposed: Flag,
@@ -141,7 +142,7 @@ def evaluate(
 def gated_set(
     settings: Settings,
     store: FlagStore,
-    parity: ParityStore,
+    parity: Evidence,
     endpoint: str,
     *,
     serve: Backend | None,
@@ -152,6 +153,7 @@ def gated_set(
     force: bool = False,
     dry_run: bool = False,
     gate_setting: str = "SHIM_PARITY_GATE=false",
+    expected_generation: int | None = None,
 ) -> tuple[GateDecision, Change | None]:
     """Check the gate, then (unless `dry_run`) write the change. GateClosed when refused."""
     current, proposed = store.plan(endpoint, serve=serve, shadow=shadow, percent=percent)
@@ -172,5 +174,6 @@ def gated_set(
         reason=reason,
         forced=forced,
         gate=decision.record(forced=forced),
+        expected_generation=expected_generation,
     )
     return decision, change

@@ -87,6 +87,29 @@ FLAG_PIN_CONFLICT = Gauge(
     ["endpoint"],
     multiprocess_mode="livemax",
 )
+FLAG_STORE_UP = Gauge(
+    "shim_flag_store_up",
+    "1 while the flag store (etcd) answers this worker, 0 while it serves a stale copy.",
+    multiprocess_mode="livemin",
+)
+FLAG_APPLIED_REVISION = Gauge(
+    "shim_flag_store_applied_revision",
+    "etcd mod_revision of the flag state this worker serves (the lowest among workers).",
+    multiprocess_mode="livemin",
+)
+FLAG_APPLY_LAG = Histogram(
+    "shim_flag_store_apply_lag_seconds",
+    "Time from a flag commit in etcd to this worker serving it.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+FLAG_WATCH_RESTARTS = Counter(
+    "shim_flag_store_watch_restarts_total",
+    "Flag watches reopened (etcd away, a dead stream, a compacted revision).",
+)
+FLAG_WRITE_CONFLICTS = Counter(
+    "shim_flag_store_write_conflicts_total",
+    "Flag commits refused because another writer landed first (then retried or 409).",
+)
 
 PARITY_COMPARISONS = Counter(
     "shim_parity_comparisons_total",
