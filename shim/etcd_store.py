@@ -113,7 +113,11 @@ class EtcdBackend:
         return state
 
     def read(self) -> FlagState:
-        kv, _ = self.etcd.get(self.key)
+        try:
+            kv, _ = self.etcd.get(self.key)
+        except FlagStoreUnavailable:
+            self._mark("stale")  # e.g. a worker starting while etcd is down
+            raise
         return self._parse(kv)
 
     def commit(
