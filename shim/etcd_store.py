@@ -196,21 +196,19 @@ class EtcdBackend:
     async def follow(self, view: FlagView) -> None:
         """Watch the `flags` key for the worker's whole life (see the module docstring)."""
         restart = asyncio.Event()
-        checker = asyncio.create_task(self._check(view, restart), name="flag-store-check")
+        tasks = [asyncio.create_task(self._check(view, restart), name="flag-store-check")]
         delay = BACKOFF_SECONDS[0]
         reread = self.applied_mod < 0
         try:
             while True:
                 restart.clear()
-                watch = asyncio.create_task(self._watch(view, reread))
+                watch = asyncio.create_task(self._watch(view, reread), name="flag-watch")
                 waiter = asyncio.create_task(restart.wait())
-                done, _ = await asyncio.wait({watch, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                for task in (watch, waiter):
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
+                tasks[1:] = [watch, waiter]
+                await asyncio.wait({watch, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                await _cancel(tasks[1:])
                 reread = False
-                if watch in done and not watch.cancelled():
+                if watch.done() and not watch.cancelled():
                     error = watch.exception()
                     if isinstance(error, _Compacted):
                         reread = True  # the revision we had is gone: read it all again
@@ -219,15 +217,10 @@ class EtcdBackend:
                         log.error("flag watch failed: %r", error)
                 metrics.FLAG_WATCH_RESTARTS.inc()
                 await asyncio.sleep(random.uniform(0, delay))  # full jitter
-                delay = (
-                    min(BACKOFF_SECONDS[1], delay * 2)
-                    if self._status != "ok"
-                    else (BACKOFF_SECONDS[0])
-                )
+                healthy = self._status == "ok"
+                delay = BACKOFF_SECONDS[0] if healthy else min(BACKOFF_SECONDS[1], delay * 2)
         finally:
-            checker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await checker
+            await _cancel(tasks)
             await self.etcd.aclose()
 
     async def _watch(self, view: FlagView, reread: bool) -> None:
@@ -313,6 +306,14 @@ class EtcdBackend:
             atomic_write(self.cache_path, orjson.dumps(state_document(state)))
         except OSError as exc:
             log.warning("cannot cache the flag state in %s: %s", self.cache_path, exc)
+
+
+async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 class _Compacted(Exception):

@@ -1,0 +1,86 @@
+"""The etcd store's own mechanics, in one process against a real etcd: a watch from a
+compacted revision, and parity evidence shared between instances."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from shim import etcd_store
+from shim.etcd import Etcd
+from shim.etcd_store import EtcdBackend, EtcdEvidence
+from shim.flags import FlagStore, FlagView
+from shim.parity import ParityStore
+from shim.routes import load_routes
+from shim.settings import PROJECT_ROOT
+from tests.servers import EtcdServer
+
+ROUTES = load_routes(PROJECT_ROOT / "config" / "routes.toml")
+
+
+def test_a_watch_from_a_compacted_revision_reads_everything_again(
+    etcd: EtcdServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the checker would apply the change too: keep it out of the way, so the watch alone
+    # has to find out
+    monkeypatch.setattr(etcd_store, "CHECK_SECONDS", 3600.0)
+    prefix = f"/compact-{uuid.uuid4().hex[:8]}/"
+    client = Etcd([etcd.url])
+    writer = FlagStore(tmp_path, ROUTES, {}, backend=EtcdBackend(client, prefix, ROUTES, tmp_path))
+    writer.set("embed", serve="go", actor="t")
+    reader = EtcdBackend(Etcd([etcd.url]), prefix, ROUTES, tmp_path / "reader")
+    view = FlagView(FlagStore(tmp_path, ROUTES, {}, backend=reader), poll_seconds=0.1)
+    view.refresh(force=True)
+    _, revision = client.get(f"{prefix}flags")
+    reader.applied_mod, reader.revision = revision, revision  # as if it watched up to here
+    for shadow in (True, False, True):
+        writer.set("embed", shadow=shadow, actor="t")
+    writer.set("sql", serve="go", actor="t")
+    _, now = client.get(f"{prefix}flags")
+    client.call("kv/compaction", {"revision": str(now)})
+
+    async def follow_until_applied() -> float:
+        task = asyncio.create_task(view.watch())
+        start = time.monotonic()
+        try:
+            while view.state.generation < 5:
+                assert time.monotonic() - start < 5, "the compacted watch did not recover"
+                await asyncio.sleep(0.02)
+            return time.monotonic() - start
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(follow_until_applied())
+    assert view.serving("sql") == "go" and view.shadowing("embed")
+    assert reader.last_good_copy() is not None  # cached for a start while etcd is down
+    client.close()
+    reader.etcd.close()
+
+
+def test_parity_evidence_of_every_instance_is_judged_together(
+    etcd: EtcdServer, tmp_path: Path
+) -> None:
+    prefix = f"/parity-{uuid.uuid4().hex[:8]}/"
+    client = Etcd([etcd.url])
+    here = EtcdEvidence(client, prefix, ParityStore(tmp_path / "a"), "host-a:1")
+    there = EtcdEvidence(client, prefix, ParityStore(tmp_path / "b"), "host-b:1")
+    now = time.time()
+    there.local.append_many(
+        [
+            {"endpoint": "embed", "kind": "shadow", "ts": now - i, "metrics": {}, "request": "x"}
+            for i in range(3)
+        ]
+    )
+    here.local.append({"endpoint": "embed", "kind": "shadow", "ts": now, "metrics": {}})
+    assert len(here.samples(window_seconds=3600)) == 1  # nothing published yet
+    there.publish(window_seconds=3600)
+    seen = here.samples(window_seconds=3600)
+    assert len(seen) == 4 and [r["ts"] for r in seen] == sorted(r["ts"] for r in seen)
+    assert all("request" not in r for r in seen if r["ts"] != now)  # slimmed for etcd
+    assert len(there.samples(window_seconds=3600)) == 3  # its own from its files, once
+    client.close()
