@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint format soak clean
+.PHONY: demo demo-fleet test lint format soak clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
@@ -14,6 +14,10 @@ $(BIN)/.installed: pyproject.toml
 
 demo: $(BIN)/.installed
 	$(BIN)/shim demo
+
+# etcd plus two shim instances sharing their flags (needs Debian's etcd-server)
+demo-fleet: $(BIN)/.installed
+	$(BIN)/python -m shim.fleet_demo
 
 test: $(BIN)/.installed lint
 	$(BIN)/pytest
