@@ -247,7 +247,9 @@ class EtcdBackend:
             self.revision = max(self.revision, revision)
 
     async def _check(self, view: FlagView, restart: asyncio.Event) -> None:
-        """Every second: is etcd there, and did the watch miss a change?"""
+        """Every second: is etcd there, and did the watch miss a change? (Once may be a
+        race with the watch's own delivery; twice means the stream is dead.)"""
+        missed = 0
         while True:
             await asyncio.sleep(CHECK_SECONDS)
             try:
@@ -267,8 +269,12 @@ class EtcdBackend:
             if mod > self.applied_mod:
                 log.info("flag store check found revision %d not yet applied", mod)
                 await self._apply(view, kvs[0])
-                if was == "ok":
-                    restart.set()  # the watch is alive but silent: replace it
+                missed += 1
+                if was == "ok" and missed >= 2:
+                    restart.set()  # twice in a row: the stream is silent, replace it
+                    missed = 0
+            else:
+                missed = 0
             self.revision = max(self.revision, int(answer["header"].get("revision", 0)))
 
     async def _apply(
