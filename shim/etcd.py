@@ -86,7 +86,13 @@ class Etcd:
 
     def call(self, method: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST /v3/<method>; the decoded answer. FlagStoreUnavailable when no endpoint
-        answers."""
+        answers or etcd refuses our credentials."""
+        try:
+            return self._call(method, body)
+        except EtcdError as exc:
+            raise refused(self, exc) from None
+
+    def _call(self, method: str, body: Mapping[str, Any]) -> dict[str, Any]:
         failure: str = "no endpoint configured"
         for attempt in range(2):  # the second only after re-authenticating
             for endpoint in self._order():
@@ -142,6 +148,12 @@ class Etcd:
     # -- asynchronous (workers' watchers) -----------------------------------------------
 
     async def acall(self, method: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            return await self._acall(method, body)
+        except EtcdError as exc:
+            raise refused(self, exc) from None
+
+    async def _acall(self, method: str, body: Mapping[str, Any]) -> dict[str, Any]:
         client = self._async_client()
         failure = "no endpoint configured"
         for endpoint in self._order():
@@ -246,6 +258,19 @@ def unavailable(etcd: Etcd, failure: str) -> FlagStoreUnavailable:
         f"the flag store (etcd at {etcd.describe()}) cannot be reached ({failure}); traffic is "
         "served with the last good flags meanwhile; retry when etcd is back "
         "(check `systemctl status etcd` and SHIM_ETCD__ENDPOINTS)"
+    )
+
+
+_REFUSALS = {3: "invalid argument", 7: "permission denied", 16: "unauthenticated"}
+
+
+def refused(etcd: Etcd, exc: EtcdError) -> Exception:
+    """Credentials or permissions etcd refuses are the operator's to fix: say how."""
+    if exc.code not in _REFUSALS:
+        return exc
+    return FlagStoreUnavailable(
+        f"etcd at {etcd.describe()} refused the shim ({exc}): check SHIM_ETCD__USERNAME / "
+        "SHIM_ETCD__PASSWORD and that the user's role may read and write the prefix"
     )
 
 

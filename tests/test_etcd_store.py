@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from shim import etcd_store
-from shim.etcd import Etcd
+from shim.errors import FlagStoreUnavailable
+from shim.etcd import Etcd, b64, prefix_end
 from shim.etcd_store import EtcdBackend, EtcdEvidence
 from shim.flags import FlagStore, FlagView
 from shim.parity import ParityStore
@@ -84,3 +85,41 @@ def test_parity_evidence_of_every_instance_is_judged_together(
     assert all("request" not in r for r in seen if r["ts"] != now)  # slimmed for etcd
     assert len(there.samples(window_seconds=3600)) == 3  # its own from its files, once
     client.close()
+
+
+def test_with_auth_on_the_store_authenticates_and_says_what_to_fix_when_refused(
+    own_etcd: EtcdServer, tmp_path: Path
+) -> None:
+    admin = Etcd([own_etcd.url])
+    prefix = "/authed/"
+    perm = {"permType": "READWRITE", "key": b64(prefix), "range_end": prefix_end(prefix)}
+    for method, body in [
+        ("auth/user/add", {"name": "root", "password": "root-pw"}),
+        ("auth/role/add", {"name": "root"}),
+        ("auth/user/grant", {"user": "root", "role": "root"}),
+        ("auth/user/add", {"name": "shim", "password": "shim-pw"}),
+        ("auth/role/add", {"name": "shim"}),
+        (
+            "auth/role/grant",
+            {"name": "shim", "perm": perm},
+        ),
+        ("auth/user/grant", {"user": "shim", "role": "shim"}),
+        ("auth/enable", {}),
+    ]:
+        admin.call(method, body)
+    admin.close()
+
+    def store(password: str, where: str = prefix) -> FlagStore:
+        client = Etcd([own_etcd.url], username="shim", password=password)
+        clients.append(client)
+        return FlagStore(tmp_path, ROUTES, {}, backend=EtcdBackend(client, where, ROUTES, tmp_path))
+
+    clients: list[Etcd] = []
+    store("shim-pw").set("embed", serve="go", actor="t")
+    assert store("shim-pw").read().flags["embed"].serve == "go"
+    with pytest.raises(FlagStoreUnavailable, match="SHIM_ETCD__PASSWORD"):
+        store("wrong").read()
+    with pytest.raises(FlagStoreUnavailable, match="permission denied"):
+        store("shim-pw", "/elsewhere/").read()
+    for client in clients:
+        client.close()
