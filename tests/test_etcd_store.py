@@ -123,3 +123,24 @@ def test_with_auth_on_the_store_authenticates_and_says_what_to_fix_when_refused(
         store("shim-pw", "/elsewhere/").read()
     for client in clients:
         client.close()
+
+
+def test_a_single_host_state_moves_into_etcd_with_its_history(
+    etcd: EtcdServer, tmp_path: Path
+) -> None:
+    from shim.fleet import export_document, import_document
+
+    single = FlagStore(tmp_path / "host", ROUTES, {})
+    single.set("embed", serve="go", actor="cli:ops", reason="cut over")
+    single.set("sql", shadow=True, actor="cli:ops")
+    client = Etcd([etcd.url])
+    prefix = f"/import-{uuid.uuid4().hex[:8]}/"
+    fleet = FlagStore(tmp_path, ROUTES, {}, backend=EtcdBackend(client, prefix, ROUTES, tmp_path))
+    generation = import_document(fleet, export_document(single), actor="cli:ops", reason="move")
+    state = fleet.read()
+    assert generation == 3 and state.generation == 3
+    assert state.flags["embed"].serve == "go" and state.flags["sql"].shadow is True
+    trail = fleet.backend.audit().records
+    assert [r["generation"] for r in trail] == [1, 2, 3, 3]  # the history, then the import
+    assert trail[0]["reason"] == "cut over" and trail[-1]["imported_from"].startswith("state ")
+    client.close()
