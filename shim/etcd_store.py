@@ -52,7 +52,7 @@ from shim.flags import (
     state_from_document,
 )
 from shim.jsonl import Lines
-from shim.parity import ParityStore
+from shim.parity import ParityStore, sample_time
 from shim.routes import RouteTable
 from shim.store import StaleGeneration
 from shim.workers import LIVE_WITHIN_SECONDS, Applied, WorkerRegistry, WorkerStatus
@@ -434,22 +434,26 @@ class EtcdEvidence:
         self.unreadable = self.local.unreadable
         cutoff = time.time() - window_seconds
         mine = f"{self.directory}{self.instance}/"
-        for kv in self.etcd.get_prefix(self.directory):
+        try:
+            published = self.etcd.get_prefix(self.directory)
+        except FlagStoreUnavailable as exc:
+            log.warning("parity evidence of this instance only: %s", exc.message)
+            return records
+        for kv in published:
             key = kv_value({"value": kv.get("key")}).decode(errors="replace")
             if key.startswith(mine):
                 continue
             try:
-                published = orjson.loads(kv_value(kv))
+                samples = orjson.loads(kv_value(kv))
             except orjson.JSONDecodeError:
                 self.unreadable += 1
                 continue
             records.extend(
                 r
-                for r in published
-                if isinstance(published, list)
-                if isinstance(r, dict) and float(r.get("ts", 0)) >= cutoff
+                for r in (samples if isinstance(samples, list) else [])
+                if isinstance(r, dict) and sample_time(r) >= cutoff
             )
-        records.sort(key=lambda r: float(r.get("ts", 0)))
+        records.sort(key=sample_time)
         return records
 
     def publish(self, window_seconds: float) -> None:
