@@ -37,7 +37,7 @@ LUA = 'wrk.method = "POST"\nwrk.body = \'{"texts": ["hello"]}\'\n'
 
 def flip_latency(tmp: Path, urls: dict[str, str], flips: int) -> list[float]:
     """Commit `flips` flips straight into etcd; for each, the time until every worker of 3
-    instances x 2 workers serves it (each worker's status is stamped when it applies)."""
+    instances x 2 workers serves it (each worker's status says when it applied)."""
     etcd = EtcdServer(tmp).start()
     prefix = "/bench/"
     fleet = []
@@ -61,7 +61,7 @@ def flip_latency(tmp: Path, urls: dict[str, str], flips: int) -> list[float]:
                 for kv in client.get_prefix(f"{prefix}workers/"):
                     status = orjson.loads(kv_value(kv))
                     if status["generation"] >= change.generation:
-                        applied.setdefault(status["pid"], status["heartbeat"])
+                        applied.setdefault(status["pid"], status["applied_at"])
                 time.sleep(0.005)
             assert len(applied) == 6, f"flip {i}: only {len(applied)} workers applied"
             worst.append(max(applied.values()) - start)
@@ -129,7 +129,7 @@ def catch_up(tmp: Path, urls: dict[str, str]) -> float:
             for kv in client.get_prefix(f"{prefix}workers/"):
                 status = orjson.loads(kv_value(kv))
                 if status["generation"] >= change.generation:
-                    applied.setdefault(status["pid"], status["heartbeat"])
+                    applied.setdefault(status["pid"], status["applied_at"])
             time.sleep(0.01)
         client.close()
         assert len(applied) == 4, applied

@@ -78,6 +78,7 @@ class ShimApp:
         )
         self._admin_address = (settings.admin_host, settings.admin_port)
         self.instance = f"{self.workers.host}:{settings.port}"
+        self.applied_at: float | None = None  # when the generation served was applied
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -107,6 +108,7 @@ class ShimApp:
     def _applied(self, state: FlagState) -> None:
         """A new flag state is served: tell metrics and the writers waiting for our ack."""
         metrics.observe_flags(state, self.routes, self.settings.pin)
+        self.applied_at = time.time()
         self._publish()
 
     def _parity_publisher(self) -> bool:
@@ -130,6 +132,7 @@ class ShimApp:
                 state=state_document(self.flags.state),
                 parity_gate=self.settings.parity_gate,
                 instance=self.instance,
+                applied_at=self.applied_at,
             )
         )
 

@@ -39,6 +39,7 @@ class WorkerStatus:
     state: Mapping[str, Any] | None = None  # the flag state served (`flags.state_document`)
     parity_gate: bool | None = None  # the deployment's gate setting, for operators' commands
     instance: str | None = None  # host:port of the `shim serve` it belongs to
+    applied_at: float | None = None  # time.time() when it applied `generation`
 
     @property
     def age(self) -> float:
