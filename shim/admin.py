@@ -282,7 +282,7 @@ def build_admin(context: AdminContext) -> Starlette:
 
     async def metrics_text(request: Request) -> Response:
         metrics.flush()  # this worker's last second; the others flush on their own
-        body = await asyncio.to_thread(metrics.render, settings.state_dir)
+        body = await asyncio.to_thread(metrics.render, settings.state_dir, store.backend.audit)
         return Response(body, media_type=metrics.CONTENT_TYPE)
 
     async def shim_error(request: Request, exc: Exception) -> Response:

@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from prometheus_client import Counter, Gauge, Histogram
 
-from shim import metrics
 from shim.errors import FlagStoreUnavailable
 from shim.etcd import Etcd, EtcdError, b64, kv_value
 from shim.flags import (
@@ -61,6 +61,32 @@ if TYPE_CHECKING:
     from shim.flags import FlagView
 
 log = logging.getLogger("shim.etcd")
+
+# Here, not in shim.metrics: only processes that use etcd create them (a supervisor's
+# zero would otherwise be the lowest of every "livemin" below).
+FLAG_STORE_UP = Gauge(
+    "shim_flag_store_up",
+    "1 while the flag store (etcd) answers this worker, 0 while it serves a stale copy.",
+    multiprocess_mode="livemin",
+)
+FLAG_APPLIED_REVISION = Gauge(
+    "shim_flag_store_applied_revision",
+    "etcd mod_revision of the flag state this worker serves (the lowest among workers).",
+    multiprocess_mode="livemin",
+)
+FLAG_APPLY_LAG = Histogram(
+    "shim_flag_store_apply_lag_seconds",
+    "Time from a flag commit in etcd to this worker serving it.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+FLAG_WATCH_RESTARTS = Counter(
+    "shim_flag_store_watch_restarts_total",
+    "Flag watches reopened (etcd away, a dead stream, a compacted revision).",
+)
+FLAG_WRITE_CONFLICTS = Counter(
+    "shim_flag_store_write_conflicts_total",
+    "Flag commits refused because another writer landed first (then retried or 409).",
+)
 
 CACHE_FILE = "flags.etcd-cache.json"
 LEASE_TTL_SECONDS = 5  # a stopped instance's workers drop out of N/N within this
@@ -97,7 +123,7 @@ class EtcdBackend:
         if status != self._status:
             log.warning("flag store %s: %s", self.describe(), status)
             self._status = status
-        metrics.FLAG_STORE_UP.set(1 if status == "ok" else 0)
+        FLAG_STORE_UP.set(1 if status == "ok" else 0)
 
     def _parse(self, kv: Mapping[str, Any] | None) -> FlagState:
         if kv is None:
@@ -118,6 +144,7 @@ class EtcdBackend:
         except FlagStoreUnavailable:
             self._mark("stale")  # e.g. a worker starting while etcd is down
             raise
+        self._mark("ok")
         return self._parse(kv)
 
     def commit(
@@ -151,7 +178,7 @@ class EtcdBackend:
             {"compare": compare, "success": puts, "failure": [_range(self.key)]},
         )
         if not answer.get("succeeded"):
-            metrics.FLAG_WRITE_CONFLICTS.inc()
+            FLAG_WRITE_CONFLICTS.inc()
             ranges = answer.get("responses") or [{}]
             kvs = ranges[0].get("response_range", {}).get("kvs") or [None]
             try:
@@ -215,7 +242,7 @@ class EtcdBackend:
                         continue
                     if error is not None and not isinstance(error, FlagStoreUnavailable):
                         log.error("flag watch failed: %r", error)
-                metrics.FLAG_WATCH_RESTARTS.inc()
+                FLAG_WATCH_RESTARTS.inc()
                 await asyncio.sleep(random.uniform(0, delay))  # full jitter
                 healthy = self._status == "ok"
                 delay = BACKOFF_SECONDS[0] if healthy else min(BACKOFF_SECONDS[1], delay * 2)
@@ -297,12 +324,12 @@ class EtcdBackend:
         self.applied_mod = revision
         view.identity = revision
         view.apply(state)
-        metrics.FLAG_APPLIED_REVISION.set(revision)
+        FLAG_APPLIED_REVISION.set(revision)
         if kv is not None:
             with contextlib.suppress(orjson.JSONDecodeError, TypeError, ValueError):
                 committed = orjson.loads(kv_value(kv)).get("committed_at")
                 if isinstance(committed, int | float):
-                    metrics.FLAG_APPLY_LAG.observe(max(0.0, time.time() - committed))
+                    FLAG_APPLY_LAG.observe(max(0.0, time.time() - committed))
         await asyncio.to_thread(self._cache, state)
 
     def _cache(self, state: FlagState) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from bisect import bisect_left
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from prometheus_client import (
@@ -28,7 +28,9 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from shim.compare import Comparison
-from shim.flags import FlagState, read_audit, resolve
+from shim.errors import ShimError
+from shim.flags import FlagState, audit_lines, resolve
+from shim.jsonl import Lines
 from shim.routes import RouteTable
 from shim.types import BACKENDS, Backend
 
@@ -87,30 +89,6 @@ FLAG_PIN_CONFLICT = Gauge(
     ["endpoint"],
     multiprocess_mode="livemax",
 )
-FLAG_STORE_UP = Gauge(
-    "shim_flag_store_up",
-    "1 while the flag store (etcd) answers this worker, 0 while it serves a stale copy.",
-    multiprocess_mode="livemin",
-)
-FLAG_APPLIED_REVISION = Gauge(
-    "shim_flag_store_applied_revision",
-    "etcd mod_revision of the flag state this worker serves (the lowest among workers).",
-    multiprocess_mode="livemin",
-)
-FLAG_APPLY_LAG = Histogram(
-    "shim_flag_store_apply_lag_seconds",
-    "Time from a flag commit in etcd to this worker serving it.",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
-)
-FLAG_WATCH_RESTARTS = Counter(
-    "shim_flag_store_watch_restarts_total",
-    "Flag watches reopened (etcd away, a dead stream, a compacted revision).",
-)
-FLAG_WRITE_CONFLICTS = Counter(
-    "shim_flag_store_write_conflicts_total",
-    "Flag commits refused because another writer landed first (then retried or 409).",
-)
-
 PARITY_COMPARISONS = Counter(
     "shim_parity_comparisons_total",
     "Shadow comparisons, by endpoint and result (match, mismatch, error).",
@@ -267,11 +245,15 @@ def observe_flags(state: FlagState, routes: RouteTable, pins: dict[str, Backend]
         FLAG_PIN_CONFLICT.labels(name).set(1 if conflict else 0)
 
 
+AuditSource = Callable[[], Lines]
+
+
 class AuditCollector(Collector):
     """`shim_flag_changes_total{endpoint, actor}` counted from the audit trail at scrape time."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, audit: AuditSource | None = None) -> None:
         self.state_dir = state_dir
+        self.audit = audit or (lambda: audit_lines(state_dir))  # the store's, in a fleet
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
@@ -280,7 +262,11 @@ class AuditCollector(Collector):
             labels=["endpoint", "actor"],
         )
         tally: Tally[tuple[str, str]] = Tally()
-        for record in read_audit(self.state_dir):
+        try:
+            records = self.audit().records
+        except ShimError:  # etcd away: this scrape goes without the count
+            return
+        for record in records:
             actor = str(record.get("actor") or "unknown").split(":", 1)[0]
             tally[(str(record.get("endpoint")), actor)] += 1
         for (endpoint, actor), count in sorted(tally.items()):
@@ -288,15 +274,15 @@ class AuditCollector(Collector):
         yield family
 
 
-def render(state_dir: Path) -> bytes:
-    """The metrics text for one scrape."""
+def render(state_dir: Path, audit: AuditSource | None = None) -> bytes:
+    """The metrics text for one scrape (`audit`: the flag store's trail, default the file's)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = CollectorRegistry()
         registry.register(_Default())
-    registry.register(AuditCollector(state_dir))
+    registry.register(AuditCollector(state_dir, audit))
     return generate_latest(registry)
 
 

@@ -102,6 +102,10 @@ def test_a_flip_through_one_instance_is_served_by_every_worker_of_three_within_a
         assert document["generation"] == 1 and document["endpoints"]["embed"]["serve"] == "go"
     history = fleet[2].cli("flags", "--history").stdout
     assert "fleet flip" in history and "pid" in history
+    scraped = httpx.get(f"{fleet[1].admin_url}/metrics", timeout=10).text
+    assert 'shim_flag_changes_total{actor="api",endpoint="embed"} 1.0' in scraped
+    assert "shim_flag_store_up 1.0" in scraped
+    assert "shim_flag_store_apply_lag_seconds_count" in scraped
 
 
 def test_concurrent_writers_through_three_instances_all_land_in_order(
