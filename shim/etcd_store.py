@@ -163,15 +163,10 @@ class EtcdBackend:
                 current = self.read()  # learns its mod_revision
                 if current.generation != expected:
                     raise StaleGeneration(current.generation)
-            mod = self._mod_revisions.get(expected, 0)
-            target = (
-                {"target": "MOD", "mod_revision": str(mod)}
-                if mod
-                else {
-                    "target": "CREATE",
-                    "create_revision": "0",
-                }
-            )
+            mod = self._mod_revisions.get(expected, 0)  # 0: the key does not exist yet
+            target = {"target": "MOD", "mod_revision": str(mod)}
+            if not mod:
+                target = {"target": "CREATE", "create_revision": "0"}
             compare.append({"key": _k(self.key), "result": "EQUAL", **target})
         answer = self.etcd.call(
             "kv/txn",
@@ -182,10 +177,10 @@ class EtcdBackend:
             ranges = answer.get("responses") or [{}]
             kvs = ranges[0].get("response_range", {}).get("kvs") or [None]
             try:
-                current = self._parse(kvs[0]).generation
+                now = self._parse(kvs[0]).generation
             except FlagStateError:
-                current = -1
-            raise StaleGeneration(current)
+                now = -1  # the next read finds it unusable and repairs it
+            raise StaleGeneration(now)
         self._cache(state)  # a repair on this host starts from it, should etcd lose it
 
     def audit(self, endpoint: str | None = None) -> Lines:
@@ -223,7 +218,9 @@ class EtcdBackend:
     async def follow(self, view: FlagView) -> None:
         """Watch the `flags` key for the worker's whole life (see the module docstring)."""
         restart = asyncio.Event()
-        tasks = [asyncio.create_task(self._check(view, restart), name="flag-store-check")]
+        tasks: list[asyncio.Task[Any]] = [
+            asyncio.create_task(self._check(view, restart), name="flag-store-check")
+        ]
         delay = BACKOFF_SECONDS[0]
         reread = self.applied_mod < 0
         try:
