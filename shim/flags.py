@@ -57,6 +57,7 @@ LAST_GOOD_FILE = "flags.last-good.json"
 AUDIT_FILE = "audit.jsonl"
 LOCK_FILE = "flags.lock"
 FORMAT_VERSION = 1
+AUDIT_TAIL_BYTES = 64 * 1024  # holds the last change's records many times over
 
 
 class FlagStateError(ShimError):
@@ -303,8 +304,23 @@ class FileBackend:
             lines = b"".join(orjson.dumps(record) + b"\n" for record in records)
             append_lines(self.audit_path, lines, sync=True)
 
+    def _logged_generations(self) -> set[object]:
+        """Generations in the audit file's tail (a carried record is the newest change)."""
+        try:
+            with self.audit_path.open("rb") as file:
+                start = max(0, file.seek(0, os.SEEK_END) - AUDIT_TAIL_BYTES)
+                file.seek(start)
+                tail = file.read().splitlines()[1 if start else 0 :]  # a first line may be cut
+        except FileNotFoundError:
+            return set()
+        generations: set[object] = set()
+        for line in tail:
+            with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
+                generations.add(orjson.loads(line).get("generation"))
+        return generations
+
     def _append_missing(self, carried: list[dict[str, Any]]) -> None:
-        logged = {r["generation"] for r in read_lines(self.audit_path).records[-50:]}
+        logged = self._logged_generations()
         missing = [r for r in carried if r.get("generation") not in logged]
         if missing:
             log.warning("audit.jsonl lacked generation %d: appended", missing[0]["generation"])
@@ -317,7 +333,7 @@ class FileBackend:
         valid = [r for r in lines.records if _is_audit_record(r)]
         unreadable = lines.unreadable + len(lines.records) - len(valid)
         with contextlib.suppress(FlagStateError):
-            logged = {r["generation"] for r in valid[-50:]}
+            logged = {r["generation"] for r in valid[-50:]}  # valid: each has one
             valid += [r for r in self._read()[1] if r["generation"] not in logged]
         chosen = [r for r in valid if endpoint is None or r["endpoint"] == endpoint]
         return Lines(chosen, unreadable)

@@ -115,3 +115,14 @@ def test_concurrent_writers_never_lose_an_update(tmp_path: Path) -> None:
     assert len(records) == 60
     assert sorted(r["generation"] for r in records) == list(range(1, 61))
     assert all(state.flags[e].shadow is True for e in endpoints)  # each one's last write (i=14)
+
+
+def test_a_change_whose_audit_append_was_lost_is_still_audited_once(tmp_path: Path) -> None:
+    flags = store(tmp_path)
+    flags.set("embed", serve="go", actor="t", reason="before the crash")
+    (tmp_path / "audit.jsonl").write_bytes(b"")  # as if the process died after the rename
+    assert [r["reason"] for r in flags.backend.audit().records] == ["before the crash"]
+    flags.set("sql", serve="go", actor="t")
+    assert [r["generation"] for r in audit_lines(tmp_path)] == [1, 2]
+    flags.set("sql", serve="rust", actor="t")
+    assert [r["generation"] for r in audit_lines(tmp_path)] == [1, 2, 3]
