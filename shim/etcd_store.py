@@ -119,6 +119,9 @@ class EtcdBackend:
     def status(self) -> str:
         return self._status
 
+    def identity(self) -> object:
+        return self.applied_mod
+
     def _mark(self, status: str) -> None:
         if status != self._status:
             log.warning("flag store %s: %s", self.describe(), status)

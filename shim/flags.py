@@ -778,8 +778,7 @@ class FlagView:
         await self.store.backend.follow(self)
 
     def _stat(self) -> object:
-        identity = getattr(self.store.backend, "identity", None)
-        return identity() if identity is not None else None
+        return self.store.backend.identity()
 
     def _reindex(self) -> None:
         flags = {name: self.effective(name).flag for name in self.store.routes.routes}

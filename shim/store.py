@@ -15,7 +15,7 @@ is no change without an audit record and no audit record without a change.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -66,6 +66,11 @@ class FlagBackend(Protocol):
         """The copy kept at every write (or cached from the store), when valid."""
         ...
 
+    def identity(self) -> object:
+        """A cheap token that changes with the state: the file's `stat`, etcd's applied
+        revision (no I/O). `FlagView.refresh` reloads when it differs."""
+        ...
+
     async def follow(self, view: FlagView) -> None:
         """Keep `view` on the newest state for the worker's whole life (never returns)."""
         ...
@@ -99,6 +104,3 @@ class Evidence(Protocol):
     unreadable: int
 
     def samples(self, *, window_seconds: float) -> list[dict[str, Any]]: ...
-
-
-OnStatus = Callable[[str], None]
