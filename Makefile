@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint format soak screenshots clean install
+.PHONY: demo demo-fleet test lint format soak screenshots clean install
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
@@ -25,6 +25,10 @@ install:
 
 demo: $(BIN)/.installed
 	$(BIN)/shim demo
+
+# etcd plus two shim instances sharing their flags (needs Debian's etcd-server)
+demo-fleet: $(BIN)/.installed
+	$(BIN)/python -m shim.fleet_demo
 
 test: $(BIN)/.installed lint
 	$(BIN)/pytest

@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, Route
 from shim import metrics
 from shim.errors import (
     AdminWritesDisabled,
-    FlagConflict,
+    Conflict,
     InvalidValue,
     MethodNotAllowed,
     NotFound,
@@ -38,14 +38,14 @@ from shim.errors import (
 from shim.flags import Change, FlagStore, FlagView, pin_conflicts, resolve
 from shim.gate import gated_set
 from shim.guard import Guard
-from shim.parity import ParityStore
 from shim.routes import RouteTable
 from shim.settings import Settings
+from shim.store import Acknowledgements, Evidence
 from shim.types import BACKENDS
 from shim.ui import ui_routes
 from shim.upstream import Upstream
 from shim.views import flags_view, parity_view
-from shim.workers import Applied, WorkerRegistry
+from shim.workers import Applied
 
 UI_PATH = "/_shim/ui"  # the operator page, linked from the index once it is served
 WRITE_METHODS = frozenset({"PUT", "POST", "DELETE", "PATCH"})
@@ -64,8 +64,8 @@ class AdminContext:
     store: FlagStore
     flags: FlagView
     upstream: Upstream
-    workers: WorkerRegistry
-    parity: ParityStore
+    workers: Acknowledgements
+    parity: Evidence
     guard: Guard | None = None  # this worker's guard, for the operator page's guard column
 
 
@@ -176,6 +176,11 @@ def flag_update(document: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(document["reason"], str | None):
             raise InvalidValue("reason must be a string")
         update["reason"] = document["reason"]
+    if "expected_generation" in document:
+        expected = document["expected_generation"]
+        if isinstance(expected, bool) or not isinstance(expected, int) or expected < 0:
+            raise InvalidValue("expected_generation must be the generation you read (an integer)")
+        update["expected_generation"] = expected
     for name in ("force", "dry_run"):
         if name in document:
             if not isinstance(document[name], bool):
@@ -222,6 +227,7 @@ def build_admin(context: AdminContext) -> Starlette:
             "backends": backends,
             "generation": state.generation,
             "flag_load_errors": context.flags.load_errors,
+            "flag_store": store.backend.status(),
             "warnings": pin_conflicts(state, context.routes, store.pins),
         }
         return JSONResponse(document, 200 if ready else 503)
@@ -248,7 +254,7 @@ def build_admin(context: AdminContext) -> Starlette:
             reason=update.get("reason"),
             force=update.get("force", False),
             dry_run=update.get("dry_run", False),
-            expected_generation=update["expected_generation"],
+            expected_generation=update.get("expected_generation"),
         )
         if update.get("dry_run"):
             return JSONResponse({"dry_run": True, **decision.to_dict()})
@@ -309,13 +315,13 @@ def build_admin(context: AdminContext) -> Starlette:
     async def metrics_text(request: Request) -> Response:
         """Prometheus text format, summed over every worker."""
         metrics.flush()  # this worker's last second; the others flush on their own
-        body = await asyncio.to_thread(metrics.render, settings.state_dir)
+        body = await asyncio.to_thread(metrics.render, settings.state_dir, store.backend.audit)
         return Response(body, media_type=metrics.CONTENT_TYPE)
 
     async def shim_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ShimError)
-        if isinstance(exc, FlagConflict) and exc.current is None:
-            exc.current = await asyncio.to_thread(current_flags, context)
+        if isinstance(exc, Conflict) and exc.state is None:
+            exc.state = await asyncio.to_thread(current_flags, context)
         return error_response(exc)
 
     async def http_error(request: Request, exc: Exception) -> Response:

@@ -22,16 +22,16 @@ from shim import logs, metrics
 from shim.admin import AdminContext, build_admin
 from shim.edge import EdgeGuard
 from shim.errors import NotFound
-from shim.flags import FlagState, FlagStore, FlagView, check_pins, served_by, state_document
+from shim.flags import FlagState, FlagView, check_pins, state_document
+from shim.fleet import open_stores
 from shim.guard import Guard
-from shim.parity import ParityStore
 from shim.proxy import Exchange, Proxy, send_error
 from shim.routes import RouteTable, load_routes
 from shim.settings import Settings, load_settings
 from shim.shadow import Shadower
 from shim.types import Receive, Scope, Send
 from shim.upstream import Upstream
-from shim.workers import HEARTBEAT_SECONDS, WorkerRegistry, WorkerStatus
+from shim.workers import HEARTBEAT_SECONDS, WorkerStatus
 
 log = logging.getLogger("shim.app")
 HEALTHZ = "/_shim/healthz"
@@ -51,10 +51,9 @@ class ShimApp:
         self.routes = routes
         self.pid = os.getpid()
         self.started = time.time()
-        self.workers = WorkerRegistry(settings.state_dir)
-        self.store = FlagStore(
-            settings.state_dir, routes, settings.pin, served=served_by(self.workers, routes)
-        )
+        self.stores = open_stores(settings, routes)
+        self.workers = self.stores.workers
+        self.store = self.stores.flags
         self.flags = FlagView(
             self.store,
             poll_seconds=settings.flag_poll_seconds,
@@ -62,7 +61,7 @@ class ShimApp:
             on_error=lambda exc: metrics.FLAG_LOAD_ERRORS.inc(),
         )
         self.upstream = Upstream(settings)
-        self.parity = ParityStore(settings.state_dir)
+        self.parity = self.stores.local_parity
         self.guard = Guard(routes, self.flags, self.store)
         self.shadower = Shadower(settings, self.upstream, self.parity, on_compared=self._compared)
         self.proxy = Proxy(routes, self.flags, self.upstream, settings, self.shadower, self.guard)
@@ -74,11 +73,13 @@ class ShimApp:
                 self.flags,
                 self.upstream,
                 self.workers,
-                self.parity,
+                self.stores.parity,
                 guard=self.guard,
             )
         )
         self._admin_address = (settings.admin_host, settings.admin_port)
+        self.instance = f"{self.workers.host}:{settings.port}"
+        self.applied_at: float | None = None  # when the generation served was applied
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -108,7 +109,14 @@ class ShimApp:
     def _applied(self, state: FlagState) -> None:
         """A new flag state is served: tell metrics and the writers waiting for our ack."""
         metrics.observe_flags(state, self.routes, self.settings.pin)
+        self.applied_at = time.time()
         self._publish()
+
+    def _parity_publisher(self) -> bool:
+        """One worker per instance publishes its evidence: the lowest live pid here."""
+        local = getattr(self.workers, "local", None)
+        pids = [w.pid for w in local.live()] if local is not None else []
+        return not pids or self.pid == min(pids)
 
     def _compared(self, endpoint: str, matched: bool) -> None:
         self.guard.observe_parity(endpoint, matched=matched)
@@ -124,6 +132,8 @@ class ShimApp:
                 pins=dict(self.settings.pin),
                 state=state_document(self.flags.state),
                 parity_gate=self.settings.parity_gate,
+                instance=self.instance,
+                applied_at=self.applied_at,
             )
         )
 
@@ -131,8 +141,7 @@ class ShimApp:
     async def running(self) -> AsyncIterator[None]:
         """Resources with one owner and one lifetime: pools, flag watcher, heartbeat."""
         self.pid = os.getpid()
-        if not self.flags.refresh():
-            self._applied(self.flags.state)
+        self.flags.refresh(force=True)  # applies (and publishes) even an empty state
         await self.upstream.start()
         tasks = [
             asyncio.create_task(self.flags.watch(), name="flag-watcher"),
@@ -146,6 +155,14 @@ class ShimApp:
             ),
             asyncio.create_task(self.guard.run(self.settings.guard_interval_seconds), name="guard"),
         ]
+        publish_parity = getattr(self.stores.parity, "run", None)
+        if publish_parity is not None:  # a fleet: share this instance's parity evidence
+            window = self.settings.parity_window_hours * 3600
+            tasks.append(
+                asyncio.create_task(
+                    publish_parity(window, leader=self._parity_publisher), name="parity-publish"
+                )
+            )
         # Everything alive now (modules, settings, routes, pools) lives as long as the worker:
         # keep the cyclic collector from re-scanning it in every full collection. Measured
         # with `shim bench`: p99 of a small pass-through 30 -> 5 ms, 8% less CPU per request.

@@ -29,13 +29,12 @@ from shim.flags import (
     Flag,
     FlagStateError,
     FlagStore,
-    audit_lines,
     check_pins,
     cli_actor,
-    served_by,
 )
 from shim.routes import GO_PREFIX, RouteTable, load_routes
 from shim.settings import Settings, load_settings
+from shim.store import Acknowledgements
 from shim.types import Backend
 from shim.views import describe, flags_view
 from shim.workers import WorkerRegistry, WorkerStatus
@@ -170,6 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="show what would change and the parity evidence; change nothing",
     )
     flag_set.set_defaults(run=run_flags_set)
+    export = flag_commands.add_parser("export", help="print the flag state and audit as JSON")
+    _config_option(export)
+    export.set_defaults(run=run_flags_export)
+    load = flag_commands.add_parser(
+        "import", help="load an export into this store (e.g. a host's state into etcd)"
+    )
+    _config_option(load)
+    load.add_argument("file", type=Path, help="the output of `shim flags export`")
+    load.add_argument("--reason", help="recorded in the audit trail")
+    load.set_defaults(run=run_flags_import)
 
     rollback = commands.add_parser("rollback", help="send endpoints (default: all) back to rust")
     _config_option(rollback)
@@ -458,17 +467,21 @@ def run_reference(args: argparse.Namespace) -> int:
 
 def _operator_view(
     args: argparse.Namespace,
-) -> tuple[Settings, RouteTable, FlagStore, WorkerRegistry]:
+) -> tuple[Settings, RouteTable, FlagStore, Acknowledgements]:
     """The store as an operator's command sees it: pins from this environment and from every
     running worker (a systemd drop-in's pin is in the service's environment, not ours), and
     the parity gate as the running shim serves with it."""
+    from shim.fleet import open_stores
+
     settings, routes = _load(args)
-    registry = WorkerRegistry(settings.state_dir)
+    stores = open_stores(settings, routes)
+    registry = stores.workers
     workers = registry.live()
     pins: dict[str, Backend] = dict(settings.pin)
     for worker in workers:
         pins.update({k: v for k, v in worker.pins.items() if v in ("rust", "go")})  # type: ignore[misc]
-    store = FlagStore(settings.state_dir, routes, pins, served=served_by(registry, routes))
+    store = stores.flags
+    store.pins = pins
     return _deployment_gate(settings, workers), routes, store, registry
 
 
@@ -489,7 +502,7 @@ def _deployment_gate(settings: Settings, workers: list[WorkerStatus]) -> Setting
     return settings.model_copy(update={"parity_gate": deployed})
 
 
-def _gate_setting(registry: WorkerRegistry) -> str:
+def _gate_setting(registry: Acknowledgements) -> str:
     """Where the gate setting in force comes from, for the audit record."""
     if any(w.parity_gate is not None for w in registry.live()):
         return "the running shim's parity_gate=false (SHIM_PARITY_GATE)"
@@ -521,24 +534,24 @@ def run_flags_table(args: argparse.Namespace) -> int:
         )
     print(_table(rows))
     applied = registry.applied(state.generation)
-    print(f"\ngeneration {state.generation} · {applied.summary()} · state {store.path}")
+    print(f"\ngeneration {state.generation} · {applied.summary()} · {store.backend.describe()}")
     for warning in view["warnings"]:
         print(f"warning: {warning}")
     return 0
 
 
 def run_flags_history(args: argparse.Namespace) -> int:
+    from shim.fleet import open_stores
+
     settings, routes = _load(args)
     endpoint = args.history or None
     if endpoint is not None and endpoint not in routes:
         raise UnknownEndpoint(f"no endpoint {endpoint!r} in the route table")
-    trail = audit_lines(settings.state_dir, endpoint)
+    backend = open_stores(settings, routes).flags.backend
+    trail = backend.audit(endpoint)
     if trail.unreadable:
-        print(
-            f"warning: {trail.unreadable} unreadable line(s) in "
-            f"{settings.state_dir / AUDIT_FILE} skipped",
-            file=sys.stderr,
-        )
+        where = settings.state_dir / AUDIT_FILE if backend.kind == "file" else backend.describe()
+        print(f"warning: {trail.unreadable} unreadable line(s) in {where} skipped", file=sys.stderr)
     records = trail.records[-args.limit :]
     if not records:
         print("no flag changes recorded yet")
@@ -557,12 +570,39 @@ def run_flags_history(args: argparse.Namespace) -> int:
                 str(record["generation"]),
                 record["endpoint"],
                 change,
-                record.get("actor") or "-",
+                _actor(record),
                 record.get("reason") or "-",
             )
         )
     print(_table(rows))
     return 0
+
+
+def _actor(record: dict[str, Any]) -> str:
+    """Who made a change, and on which instance when the audit is a fleet's."""
+    actor = str(record.get("actor") or "-")
+    origin = record.get("instance")
+    return f"{actor}@{origin}" if isinstance(origin, str) else actor
+
+
+def run_flags_export(args: argparse.Namespace) -> int:
+    from shim.fleet import export_document, open_stores
+
+    settings, routes = _load(args)
+    document = export_document(open_stores(settings, routes).flags)
+    print(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def run_flags_import(args: argparse.Namespace) -> int:
+    from shim.fleet import import_document
+
+    settings, _, store, registry = _operator_view(args)
+    change = import_document(
+        store, orjson.loads(args.file.read_bytes()), actor=cli_actor(), reason=args.reason
+    )
+    print(f"imported {args.file} into {store.backend.describe()} (generation {change})")
+    return _report(registry, change, settings)
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
@@ -573,7 +613,7 @@ def _table(rows: list[tuple[str, ...]]) -> str:
     )
 
 
-def _report(registry: WorkerRegistry, generation: int, settings: Settings) -> int:
+def _report(registry: Acknowledgements, generation: int, settings: Settings) -> int:
     """Wait for the workers to apply `generation`; exit 3 if some lag behind."""
     applied = registry.wait_applied(generation, within=settings.flip_wait_seconds)
     print(applied.summary(), file=sys.stdout if applied.complete else sys.stderr)
@@ -581,14 +621,14 @@ def _report(registry: WorkerRegistry, generation: int, settings: Settings) -> in
 
 
 def run_flags_set(args: argparse.Namespace) -> int:
+    from shim.fleet import open_stores
     from shim.gate import gated_set
-    from shim.parity import ParityStore
 
-    settings, _, store, registry = _operator_view(args)
+    settings, routes, store, registry = _operator_view(args)
     decision, change = gated_set(
         settings,
         store,
-        ParityStore(settings.state_dir),
+        open_stores(settings, routes).parity,
         args.endpoint,
         serve=args.backend,
         shadow=args.shadow,
@@ -729,14 +769,15 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def run_parity(args: argparse.Namespace) -> int:
-    from shim.parity import ParityStore, markdown, table, verdicts
+    from shim.fleet import open_stores
+    from shim.parity import markdown, table, verdicts
 
     settings, routes = _load(args)
-    parity = ParityStore(settings.state_dir)
+    parity = open_stores(settings, routes).parity
     records = parity.samples(window_seconds=settings.parity_window_hours * 3600)
     if parity.unreadable:
         print(
-            f"warning: {parity.unreadable} unreadable line(s) in {parity.directory} skipped",
+            f"warning: {parity.unreadable} unreadable line(s) of parity samples skipped",
             file=sys.stderr,
         )
     results = verdicts(routes, records)

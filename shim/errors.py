@@ -16,7 +16,8 @@
     │   ├── UnknownEndpoint        404 unknown_endpoint
     │   ├── FlagRefused            422 flag_refused (e.g. a Go-only endpoint to rust)
     │   ├── FlagPinned             409 flag_pinned (names the SHIM_PIN__ variable)
-    │   └── FlagConflict           409 conflict (the state moved past `expected_generation`)
+    │   └── Conflict               409 conflict (expected_generation is stale)
+    ├── FlagStoreUnavailable       503 flag_store_unavailable (etcd cannot be reached)
     ├── Overloaded                 503 overloaded: shed after waiting (shim/admission.py)
     └── BackendError               502 backend_error: the backend failed or answered badly
         ├── BackendUnreachable     502 backend_unreachable
@@ -179,24 +180,41 @@ class FlagPinned(FlagError):
         self.variable = variable
 
 
-class FlagConflict(FlagError):
-    """A write made against a generation the state has moved past (a stale form)."""
+class Conflict(FlagError):
+    """The flag state moved past the generation the change was computed from."""
 
     status_code = 409
     code = "conflict"
 
-    def __init__(self, message: str, *, expected: int, generation: int) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        generation: int,
+        expected: int | None = None,
+        current: dict[str, object] | None = None,
+    ) -> None:
         super().__init__(message)
-        self.expected = expected
-        self.generation = generation
-        self.current: dict[str, Any] | None = None  # the state now, filled in by the API
+        self.generation = generation  # the state's generation now
+        self.expected = expected  # the generation the change was computed from, when given
+        self.current = current  # the endpoint's flag now, when known
+        self.state: dict[str, Any] | None = None  # the whole flags view, filled in by the API
 
     def to_dict(self) -> dict[str, Any]:
-        """The contract: the refusal carries the current state."""
-        document: dict[str, Any] = dict(super().to_dict())
+        """The error shape plus the state now: the contract's 409 carries it."""
+        document: dict[str, Any] = {**super().to_dict(), "generation": self.generation}
         if self.current is not None:
             document["current"] = self.current
+        if self.state is not None:
+            document["state"] = self.state
         return document
+
+
+class FlagStoreUnavailable(ShimError):
+    """The shared flag store (etcd) cannot be reached: writes wait until it is back."""
+
+    status_code = 503
+    code = "flag_store_unavailable"
 
 
 class Overloaded(ShimError):

@@ -1,11 +1,17 @@
-"""Which backend serves each endpoint: the flag store on disk and each worker's view of it.
+"""Which backend serves each endpoint: the flag policy, the file store and each worker's view.
 
-One JSON file in SHIM_STATE_DIR holds every runtime change. Writers (CLI, admin API) take
-an exclusive lock, bump a generation number, write a temp file, fsync and rename it, so a
-crash mid-write never leaves a torn file and two writers never lose an update. Every change
-appends one line to `audit.jsonl`. Workers poll the file's identity (a `stat`, no read) and
+`FlagStore` is the policy (checks, pins, plans, recovery) over a `shim.store.FlagBackend`;
+every write is a compare-and-swap on the generation it was computed from, retried on a
+newer state (or refused with 409 `conflict` when the caller named `expected_generation`).
+
+`FileBackend` keeps the state in one JSON file in SHIM_STATE_DIR. Writers (CLI, admin API)
+take an exclusive lock, bump a generation number, write a temp file, fsync and rename it, so
+a crash mid-write never leaves a torn file and two writers never lose an update. The file
+carries the audit records of its own change, so the change and its audit land in one
+rename; they are also appended to `audit.jsonl`, and a record lost to a crash between the
+two is read back from the file. Workers poll the file's identity (a `stat`, no read) and
 reload it in a thread when it changes; a file that fails to load is never served: the
-worker keeps its last good state. Precedence: environment pin > file > route default.
+worker keeps its last good state. Precedence: environment pin > stored state > route default.
 
 A corrupt or unreadable file never locks an operator out: a write over it keeps the bad
 file aside (`flags.json.corrupt-<time>`) and starts from the last good state known — what
@@ -21,7 +27,7 @@ import fcntl
 import logging
 import os
 import pwd
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,16 +38,17 @@ import orjson
 
 from shim.errors import (
     ConfigError,
-    FlagConflict,
+    Conflict,
     FlagPinned,
     FlagRefused,
+    FlagStoreUnavailable,
     ShimError,
     UnknownEndpoint,
 )
 from shim.jsonl import Lines, append_lines, read_lines
 from shim.routes import RouteTable
+from shim.store import Acknowledgements, FlagBackend, StaleGeneration
 from shim.types import BACKENDS, Backend
-from shim.workers import WorkerRegistry
 
 log = logging.getLogger("shim.flags")
 
@@ -50,6 +57,7 @@ LAST_GOOD_FILE = "flags.last-good.json"
 AUDIT_FILE = "audit.jsonl"
 LOCK_FILE = "flags.lock"
 FORMAT_VERSION = 1
+AUDIT_TAIL_BYTES = 64 * 1024  # holds the last change's records many times over
 
 
 class FlagStateError(ShimError):
@@ -216,12 +224,16 @@ ServedStates = Callable[[], list[FlagState]]
 """The states running workers say they serve, for recovery (`served_by`)."""
 
 
-def served_by(registry: WorkerRegistry, routes: RouteTable) -> ServedStates:
+def served_by(registry: Acknowledgements, routes: RouteTable) -> ServedStates:
     """The flag states that the live workers of `registry` publish with their heartbeat."""
 
     def states() -> list[FlagState]:
         found = []
-        for worker in registry.live():
+        try:
+            workers = registry.live()
+        except FlagStoreUnavailable:
+            return []  # etcd down: the cached copy is the best left
+        for worker in workers:
             if worker.state is not None:  # a worker of an older version publishes none
                 with contextlib.suppress(FlagStateError):
                     found.append(state_from_document(worker.state, routes))
@@ -230,8 +242,151 @@ def served_by(registry: WorkerRegistry, routes: RouteTable) -> ServedStates:
     return states
 
 
+class FileBackend:
+    """The flag state of one host: `flags.json`, `flags.last-good.json` and `audit.jsonl`
+    in SHIM_STATE_DIR (the `shim.store.FlagBackend` of a single-host deployment)."""
+
+    kind = "file"
+
+    def __init__(self, state_dir: Path, routes: RouteTable) -> None:
+        self.state_dir = state_dir
+        self.routes = routes
+        self.path = state_dir / FLAGS_FILE
+        self.last_good_path = state_dir / LAST_GOOD_FILE
+        self.audit_path = state_dir / AUDIT_FILE
+
+    def describe(self) -> str:
+        return f"state {self.path}"
+
+    def status(self) -> str:
+        return "ok"  # a local file is never out of reach; a bad one is a load error
+
+    def read(self) -> FlagState:
+        return self._read()[0]
+
+    def _read(self) -> tuple[FlagState, list[dict[str, Any]]]:
+        """The state and the audit records it carries of its own change."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return FlagState(), []
+        except OSError as exc:
+            raise FlagStateError(
+                f"{self.path} cannot be read ({exc.strerror}); {repair_hint(self.path)}"
+            ) from None
+        try:
+            document = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise FlagStateError(
+                f"{self.path}: flag file is not a valid state: {exc}; {repair_hint(self.path)}"
+            ) from None
+        try:
+            state = state_from_document(document, self.routes)
+        except FlagStateError as exc:
+            raise FlagStateError(f"{self.path}: {exc.message}; {repair_hint(self.path)}") from None
+        carried = document.get("audit")
+        records = [r for r in carried if _is_audit_record(r)] if isinstance(carried, list) else []
+        return state, records
+
+    def commit(
+        self, state: FlagState, records: Sequence[Mapping[str, Any]], *, expected: int | None
+    ) -> None:
+        with self._locked():
+            if expected is not None:
+                current, carried = self._read()
+                if current.generation != expected:
+                    raise StaleGeneration(current.generation)
+                self._append_missing(carried)  # a crash lost them from audit.jsonl
+            document = {**state_document(state), "audit": list(records)}
+            data = orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
+            atomic_write(self.path, data)
+            atomic_write(self.last_good_path, data)  # what a repair starts from, workers gone
+            lines = b"".join(orjson.dumps(record) + b"\n" for record in records)
+            append_lines(self.audit_path, lines, sync=True)
+
+    def _logged_generations(self) -> set[object]:
+        """Generations in the audit file's tail (a carried record is the newest change)."""
+        try:
+            with self.audit_path.open("rb") as file:
+                start = max(0, file.seek(0, os.SEEK_END) - AUDIT_TAIL_BYTES)
+                file.seek(start)
+                tail = file.read().splitlines()[1 if start else 0 :]  # a first line may be cut
+        except FileNotFoundError:
+            return set()
+        generations: set[object] = set()
+        for line in tail:
+            with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
+                generations.add(orjson.loads(line).get("generation"))
+        return generations
+
+    def _append_missing(self, carried: list[dict[str, Any]]) -> None:
+        logged = self._logged_generations()
+        missing = [r for r in carried if r.get("generation") not in logged]
+        if missing:
+            log.warning("audit.jsonl lacked generation %d: appended", missing[0]["generation"])
+            append_lines(
+                self.audit_path, b"".join(orjson.dumps(r) + b"\n" for r in missing), sync=True
+            )
+
+    def audit(self, endpoint: str | None = None) -> Lines:
+        lines = read_lines(self.audit_path)
+        valid = [r for r in lines.records if _is_audit_record(r)]
+        unreadable = lines.unreadable + len(lines.records) - len(valid)
+        with contextlib.suppress(FlagStateError):
+            logged = {r["generation"] for r in valid[-50:]}  # valid: each has one
+            valid += [r for r in self._read()[1] if r["generation"] not in logged]
+        chosen = [r for r in valid if endpoint is None or r["endpoint"] == endpoint]
+        return Lines(chosen, unreadable)
+
+    def keep_aside(self) -> str | None:
+        with contextlib.suppress(FileNotFoundError):
+            stamp = now_iso().replace(":", "")
+            aside = self.path.with_name(f"{FLAGS_FILE}.corrupt-{stamp}")
+            os.replace(self.path, aside)
+            return str(aside)
+        return None
+
+    def last_good_copy(self) -> FlagState | None:
+        try:
+            return parse_state(self.last_good_path.read_bytes(), self.routes)
+        except (OSError, FlagStateError):
+            return None
+
+    def identity(self) -> tuple[int, int, int] | None:
+        """The file's identity (a `stat`, no read): what a worker polls."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    async def follow(self, view: FlagView) -> None:
+        """Poll for the worker's whole life: an error is logged and the next poll retries,
+        because a dead watcher would leave this worker on an old generation for good."""
+        while True:
+            await asyncio.sleep(view.poll_seconds)
+            try:
+                if self.identity() != view.identity:
+                    await asyncio.to_thread(view.refresh)
+            except Exception:
+                log.exception("flag watcher: refresh failed; retrying at the next poll")
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with (self.state_dir / LOCK_FILE).open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+MAX_COMMIT_ATTEMPTS = 50  # concurrent writers each retry on the state the other left
+
+
 class FlagStore:
-    """Reads and writes the flag file; the only writer of `flags.json` and `audit.jsonl`."""
+    """The flag policy over a store: the only writer of the flag state and its audit."""
 
     def __init__(
         self,
@@ -240,46 +395,32 @@ class FlagStore:
         pins: Mapping[str, Backend],
         *,
         served: ServedStates | None = None,
+        backend: FlagBackend | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.routes = routes
         self.pins = dict(pins)
         self.served = served
-        self.path = state_dir / FLAGS_FILE
-        self.last_good_path = state_dir / LAST_GOOD_FILE
-        self.audit_path = state_dir / AUDIT_FILE
+        self.backend: FlagBackend = backend or FileBackend(state_dir, routes)
 
     def read(self) -> FlagState:
         """The current state (an absent file is the empty state at generation 0).
 
         FlagStateError, naming the file and how to repair it, when it cannot be used.
         """
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return FlagState()
-        except OSError as exc:
-            raise FlagStateError(
-                f"{self.path} cannot be read ({exc.strerror}); {repair_hint(self.path)}"
-            ) from None
-        try:
-            return parse_state(raw, self.routes)
-        except FlagStateError as exc:
-            raise FlagStateError(f"{self.path}: {exc.message}; {repair_hint(self.path)}") from None
+        return self.backend.read()
 
     def last_good(self) -> tuple[FlagState, str]:
-        """The best state known when the file is unusable, and where it came from."""
+        """The best state known when the stored one is unusable, and where it came from."""
         served = self.served() if self.served else []
         if served:
             return max(served, key=lambda state: state.generation), "workers"
-        try:
-            return parse_state(self.last_good_path.read_bytes(), self.routes), "last good copy"
-        except (OSError, FlagStateError):
-            pass
+        copy = self.backend.last_good_copy()
+        if copy is not None:
+            return copy, "last good copy"
         log.warning(
-            "no last good flag state (no running worker, no valid %s): starting from the "
-            "route table's defaults",
-            self.last_good_path,
+            "no last good flag state (no running worker, no valid copy): starting from the "
+            "route table's defaults"
         )
         return FlagState(), "route defaults"
 
@@ -291,18 +432,13 @@ class FlagStore:
             return self.last_good()[0], exc
 
     def _read_for_write(self) -> tuple[FlagState, Recovery | None]:
-        """Under the lock: the state to change; an unusable file is kept aside first."""
+        """The state to change; an unusable one is kept aside first."""
         try:
             return self.read(), None
         except FlagStateError as exc:
             problem = exc.message.split("; ", 1)[0]
         state, source = self.last_good()
-        kept_aside = None
-        with contextlib.suppress(FileNotFoundError):
-            stamp = now_iso().replace(":", "")
-            aside = self.path.with_name(f"{FLAGS_FILE}.corrupt-{stamp}")
-            os.replace(self.path, aside)
-            kept_aside = str(aside)
+        kept_aside = self.backend.keep_aside()
         # Past every generation the workers have seen, so each of them applies the repair.
         served = self.served() if self.served else []
         newest = max([state.generation, *(s.generation for s in served)])
@@ -365,27 +501,52 @@ class FlagStore:
         """Change one endpoint's flag (fields left out keep their value); None if no change
         (unless the file had to be repaired: a repair is always written).
 
-        Raises as `plan` does, and FlagConflict when `expected_generation` is given and the
-        state is at another one. The parity gate is not checked here (see `shim.gate`), but
+        Raises as `plan` does, and Conflict when `expected_generation` is given and the
+        state has moved past it. The parity gate is not checked here (see `shim.gate`), but
         its decision is recorded with the change.
         """
         self._check(endpoint, serve, percent, shadow)
-        with self._locked():
+        for _ in range(MAX_COMMIT_ATTEMPTS):
             state, recovery = self._read_for_write()
-            expect_generation(state, expected_generation)
+            if expected_generation is not None and recovery is None:
+                self.expect(state, expected_generation, endpoint)
             current, proposed = self._plan(state, endpoint, serve, shadow, percent)
             if proposed.settings() == current.settings() and recovery is None:
                 return None
             after = replace(proposed, changed_at=now_iso(), actor=actor, reason=reason)
-            changes = self._commit(
-                state,
-                {endpoint: after},
-                before={endpoint: current},
-                forced=forced,
-                gate=gate,
-                recovery=recovery,
+            try:
+                changes = self._commit(
+                    state,
+                    {endpoint: after},
+                    before={endpoint: current},
+                    forced=forced,
+                    gate=gate,
+                    recovery=recovery,
+                )
+            except StaleGeneration as stale:
+                if expected_generation is not None:
+                    self.expect(FlagState(stale.current), expected_generation, endpoint)
+                continue  # another writer landed first: plan again on its state
+            return changes[0]
+        raise Conflict(
+            f"{MAX_COMMIT_ATTEMPTS} writers in a row changed the flags first; try again",
+            generation=state.generation,
+        )
+
+    def expect(self, state: FlagState, expected: int | None, endpoint: str | None = None) -> None:
+        """Refuse a change computed from another generation than `state`'s, so a form shown
+        a minute ago cannot undo a newer change (the endpoint's flag now goes with it)."""
+        if expected is not None and state.generation != expected:
+            known = endpoint is not None and state.flags
+            now = resolve(state, self.routes, self.pins, endpoint) if known else None
+            raise Conflict(
+                f"the flag state is at generation {state.generation}, not {expected}: it "
+                "changed since you read it; look at the current state (GET /_shim/flags or "
+                "`shim flags`) and send the change again with its generation",
+                generation=state.generation,
+                expected=expected,
+                current=now.flag.settings() if now else None,
             )
-        return changes[0]
 
     def rollback(
         self,
@@ -398,16 +559,17 @@ class FlagStore:
         """Send the named endpoints (all when None) back to rust in one write.
 
         Go-only endpoints are skipped when none are named and refused when named;
-        FlagConflict as in `set`.
+        Conflict as in `set`.
         """
         names = (
             endpoints if endpoints else [n for n, r in self.routes.routes.items() if not r.go_only]
         )
         for name in names:
             self._check(name, "rust", ...)
-        with self._locked():
+        for _ in range(MAX_COMMIT_ATTEMPTS):
             state, recovery = self._read_for_write()
-            expect_generation(state, expected_generation)
+            if expected_generation is not None and recovery is None:
+                self.expect(state, expected_generation)
             before = {n: resolve(state, self.routes, self.pins, n) for n in names}
             updates = {}
             for name, effective in before.items():
@@ -426,7 +588,16 @@ class FlagStore:
             if not updates:
                 return []
             prior = {n: before[n].runtime or before[n].flag for n in updates}
-            return self._commit(state, updates, before=prior, recovery=recovery)
+            try:
+                return self._commit(state, updates, before=prior, recovery=recovery)
+            except StaleGeneration as stale:
+                if expected_generation is not None:
+                    self.expect(FlagState(stale.current), expected_generation)
+                continue
+        raise Conflict(
+            f"{MAX_COMMIT_ATTEMPTS} writers in a row changed the flags first; try again",
+            generation=state.generation,
+        )
 
     def _check(
         self, endpoint: str, serve: Backend | None, percent: object, shadow: bool | None = None
@@ -471,39 +642,16 @@ class FlagStore:
         recovery: Recovery | None = None,
     ) -> list[Change]:
         new = FlagState(state.generation + 1, {**state.flags, **updates})
-        data = orjson.dumps(state_document(new), option=orjson.OPT_INDENT_2) + b"\n"
-        atomic_write(self.path, data)
-        atomic_write(self.last_good_path, data)  # what a repair starts from, workers gone
         changes = [
             Change(n, before[n], updates[n], new.generation, forced, gate, recovery)
             for n in updates
         ]
-        lines = b"".join(orjson.dumps(audit_record(change)) + b"\n" for change in changes)
-        append_lines(self.audit_path, lines, sync=True)
+        records = [audit_record(change) for change in changes]
+        # A repair replaces what could not be read; everything else swaps only the state
+        # it was computed from.
+        expected = None if recovery is not None else state.generation
+        self.backend.commit(new, records, expected=expected)
         return changes
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with (self.state_dir / LOCK_FILE).open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def expect_generation(state: FlagState, expected: int | None) -> None:
-    """Under the store's lock: refuse a write made against another generation than the
-    current one, so a form shown a minute ago cannot undo a newer change."""
-    if expected is not None and state.generation != expected:
-        raise FlagConflict(
-            f"the flag state is at generation {state.generation}, not {expected} as this "
-            "change expected: someone changed it meanwhile; read it again (GET /_shim/flags "
-            "or `shim flags --history`) and decide on what is there now",
-            expected=expected,
-            generation=state.generation,
-        )
 
 
 def audit_record(change: Change) -> dict[str, Any]:
@@ -532,8 +680,8 @@ def read_audit(state_dir: Path, endpoint: str | None = None) -> list[dict[str, A
 
 
 def audit_lines(state_dir: Path, endpoint: str | None = None, *, start: int = 0) -> Lines:
-    """The audit trail and how many of its lines could not be read (from `start`: only what
-    was appended since a previous read's `end`)."""
+    """The file store's audit trail and how many of its lines could not be read (from
+    `start`: only what was appended since a previous read's `end`)."""
     lines = read_lines(state_dir / AUDIT_FILE, start=start)
     valid = [r for r in lines.records if _is_audit_record(r)]
     unreadable = lines.unreadable + len(lines.records) - len(valid)
@@ -568,7 +716,8 @@ def atomic_write(path: Path, data: bytes) -> None:
 class FlagView:
     """A worker's in-memory view of the flags: lookups on the request path do no I/O.
 
-    `watch()` runs for the worker's lifetime and reloads the file when its identity changes.
+    `watch()` runs for the worker's lifetime and follows the store (`FlagBackend.follow`):
+    the file store polls the file's identity, etcd watches. Each new state is applied whole.
     """
 
     def __init__(
@@ -588,7 +737,7 @@ class FlagView:
         self._serving: dict[str, Backend] = {}
         self._shadowing: frozenset[str] = frozenset()
         self._canary: dict[str, int] = {}
-        self._identity: tuple[int, int, int] | None = None
+        self.identity: object = None  # the file's identity, or the etcd revision, applied
         self._applied = False  # whether any state was applied yet
         self._reindex()
 
@@ -607,18 +756,22 @@ class FlagView:
     def effective(self, endpoint: str) -> EffectiveFlag:
         return resolve(self.state, self.store.routes, self.store.pins, endpoint)
 
-    def refresh(self) -> bool:
-        """Reload the file if it changed; True when a new state was applied."""
+    def refresh(self, *, force: bool = False) -> bool:
+        """Reload the state if it changed (or when `force`d); True when one was applied.
+
+        A store that cannot be reached (etcd down at start-up) counts as a load error: the
+        worker starts from the other workers' state or the last good copy it cached.
+        """
         identity = self._stat()
-        if identity == self._identity:
+        if identity == self.identity and not force:
             return False
         try:
             state = self.store.read()
-        except (FlagStateError, OSError) as exc:
+        except (FlagStateError, FlagStoreUnavailable, OSError) as exc:
             self.load_errors += 1
             if self.on_error:
                 self.on_error(exc)
-            self._identity = identity  # do not re-read the same bad file every poll
+            self.identity = identity  # do not re-read the same bad file every poll
             if self._applied:
                 log.error(
                     "flag file not applied, keeping generation %d: %s", self.state.generation, exc
@@ -627,11 +780,16 @@ class FlagView:
             # A worker starting (or replaced) while the file is bad: the other workers'
             # state, else the last good copy, never silently the route defaults.
             state, source = self.store.last_good()
-            log.error("flag file not applied: %s; starting from the %s", exc, source)
-        self._identity = identity
+            log.error("flag state not applied: %s; starting from the %s", exc, source)
+        self.identity = identity
+        self.apply(state)
+        return True
+
+    def apply(self, state: FlagState) -> None:
+        """Serve `state` from now on: one assignment of new lookup dicts, never a half."""
         if state.generation < self.state.generation:
             log.warning(
-                "flag file generation went back from %d to %d",
+                "flag state generation went back from %d to %d",
                 self.state.generation,
                 state.generation,
             )
@@ -640,25 +798,13 @@ class FlagView:
         self._reindex()
         if self.on_apply:
             self.on_apply(state)
-        return True
 
     async def watch(self) -> None:
-        """Poll for the worker's whole life: an error is logged and the next poll retries,
-        because a dead watcher would leave this worker on an old generation for good."""
-        while True:
-            await asyncio.sleep(self.poll_seconds)
-            try:
-                if self._stat() != self._identity:
-                    await asyncio.to_thread(self.refresh)
-            except Exception:
-                log.exception("flag watcher: refresh failed; retrying at the next poll")
+        """Follow the store for the worker's whole life."""
+        await self.store.backend.follow(self)
 
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.store.path)
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+    def _stat(self) -> object:
+        return self.store.backend.identity()
 
     def _reindex(self) -> None:
         flags = {name: self.effective(name).flag for name in self.store.routes.routes}

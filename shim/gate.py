@@ -16,9 +16,10 @@ from types import EllipsisType
 from typing import Any
 
 from shim.errors import FlagError
-from shim.flags import Change, Flag, FlagStore, expect_generation
-from shim.parity import PASS, ParityStore, Verdict, judge
+from shim.flags import Change, Flag, FlagStore
+from shim.parity import PASS, Verdict, judge
 from shim.settings import Settings
+from shim.store import Evidence
 from shim.types import Backend
 
 
@@ -80,7 +81,7 @@ class GateDecision:
 def evaluate(
     settings: Settings,
     store: FlagStore,
-    parity: ParityStore,
+    parity: Evidence,
     endpoint: str,
     current: Flag,
     proposed: Flag,
@@ -141,7 +142,7 @@ def evaluate(
 def gated_set(
     settings: Settings,
     store: FlagStore,
-    parity: ParityStore,
+    parity: Evidence,
     endpoint: str,
     *,
     serve: Backend | None,
@@ -155,10 +156,10 @@ def gated_set(
     expected_generation: int | None = None,
 ) -> tuple[GateDecision, Change | None]:
     """Check the gate, then (unless `dry_run`) write the change. GateClosed when refused;
-    FlagConflict when `expected_generation` is given and the state has moved from it."""
+    Conflict when `expected_generation` is given and the state has moved from it."""
     # A stale change is refused before the gate is asked: its evidence was shown for a state
     # that is gone. The store checks again under its lock.
-    expect_generation(store.read_or_last_good()[0], expected_generation)
+    store.expect(store.read_or_last_good()[0], expected_generation, endpoint)
     current, proposed = store.plan(endpoint, serve=serve, shadow=shadow, percent=percent)
     decision = evaluate(
         settings, store, parity, endpoint, current, proposed, gate_setting=gate_setting

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from bisect import bisect_left
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -29,7 +29,9 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from shim.compare import Comparison
-from shim.flags import FlagState, read_audit, resolve
+from shim.errors import ShimError
+from shim.flags import FlagState, audit_lines, resolve
+from shim.jsonl import Lines
 from shim.routes import RouteTable
 from shim.types import BACKENDS, Backend
 
@@ -94,7 +96,6 @@ FLAG_PIN_CONFLICT = Gauge(
     ["endpoint"],
     multiprocess_mode="livemax",
 )
-
 PARITY_COMPARISONS = Counter(
     "shim_parity_comparisons_total",
     "Shadow comparisons, by endpoint and result (match, mismatch, error).",
@@ -305,11 +306,15 @@ def observe_flags(state: FlagState, routes: RouteTable, pins: dict[str, Backend]
         FLAG_PIN_CONFLICT.labels(name).set(1 if conflict else 0)
 
 
+AuditSource = Callable[[], Lines]
+
+
 class AuditCollector(Collector):
     """`shim_flag_changes_total{endpoint, actor}` counted from the audit trail at scrape time."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, audit: AuditSource | None = None) -> None:
         self.state_dir = state_dir
+        self.audit = audit or (lambda: audit_lines(state_dir))  # the store's, in a fleet
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
@@ -318,7 +323,11 @@ class AuditCollector(Collector):
             labels=["endpoint", "actor"],
         )
         tally: Tally[tuple[str, str]] = Tally()
-        for record in read_audit(self.state_dir):
+        try:
+            records = self.audit().records
+        except ShimError:  # etcd away: this scrape goes without the count
+            return
+        for record in records:
             actor = str(record.get("actor") or "unknown").split(":", 1)[0]
             tally[(str(record.get("endpoint")), actor)] += 1
         for (endpoint, actor), count in sorted(tally.items()):
@@ -336,10 +345,10 @@ def _registry() -> CollectorRegistry:
     return registry
 
 
-def render(state_dir: Path) -> bytes:
-    """The metrics text for one scrape."""
+def render(state_dir: Path, audit: AuditSource | None = None) -> bytes:
+    """The metrics text for one scrape (`audit`: the flag store's trail, default the file's)."""
     registry = _registry()
-    registry.register(AuditCollector(state_dir))
+    registry.register(AuditCollector(state_dir, audit))
     return generate_latest(registry)
 
 

@@ -70,8 +70,8 @@ class ParityStore:
                 continue
             lines = read_lines(path)
             self.unreadable += lines.unreadable
-            records.extend(r for r in lines.records if _timestamp(r) >= cutoff)
-        records.sort(key=_timestamp)
+            records.extend(r for r in lines.records if sample_time(r) >= cutoff)
+        records.sort(key=sample_time)
         return records
 
     def forget(self, endpoint: str | None = None) -> int:
@@ -86,7 +86,7 @@ class ParityStore:
         return dropped
 
 
-def _timestamp(record: Mapping[str, Any]) -> float:
+def sample_time(record: Mapping[str, Any]) -> float:
     """A sample's time; a record whose `ts` is not a number is too old to count."""
     ts = record.get("ts", 0)
     return ts if isinstance(ts, int | float) else 0.0

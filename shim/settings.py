@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -27,6 +27,33 @@ from shim.types import Backend
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = Path("config/shim.toml")
 MiB = 1024 * 1024
+
+
+class EtcdSettings(BaseModel):
+    """Where the fleet's flag store is (`SHIM_FLAG_STORE=etcd`; TOML table `[etcd]`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoints: str = "http://127.0.0.1:2379"  # comma-separated http(s)://host:port
+    prefix: str = "/cutover-shim/"  # two deployments on one etcd use two prefixes
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: Path | None = None
+
+    @field_validator("endpoints")
+    @classmethod
+    def _urls(cls, value: str) -> str:
+        urls = [u.strip() for u in value.split(",") if u.strip()]
+        if not urls or not all(u.startswith(("http://", "https://")) for u in urls):
+            raise ValueError("must be comma-separated http:// or https:// URLs")
+        return ",".join(urls)
+
+    @field_validator("prefix")
+    @classmethod
+    def _slash(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError('must start with "/" (e.g. "/cutover-shim/")')
+        return value if value.endswith("/") else value + "/"
 
 
 class Settings(BaseSettings):
@@ -44,6 +71,8 @@ class Settings(BaseSettings):
     admin_host: str = "127.0.0.1"
     admin_port: int = Field(4121, ge=0, le=65535)
     state_dir: Path = Path("state")
+    flag_store: Literal["file", "etcd"] = "file"
+    etcd: EtcdSettings = Field(default_factory=EtcdSettings)
     admin_token: SecretStr | None = None
     pin: dict[str, Backend] = Field(default_factory=dict)
     routes_file: Path = Path("config/routes.toml")

@@ -35,7 +35,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from shim import metrics
-from shim.errors import FlagConflict, FlagError, ShimError
+from shim.errors import Conflict, FlagError, ShimError
 from shim.flags import AUDIT_FILE, audit_lines
 from shim.gate import GateDecision, gated_set
 from shim.sessions import (
@@ -436,12 +436,13 @@ def ui_routes(context: AdminContext) -> list[BaseRoute]:
                 generation = change.generation if change else None
             else:
                 return refuse(request, 422, f"unknown action {action!r} for {endpoint!r}")
-        except FlagConflict as exc:
-            moved = [audit_entry(r) for r in reader.audit() if r["generation"] > exc.expected]
+        except Conflict as exc:
+            shown = exc.expected if exc.expected is not None else exc.generation
+            moved = [audit_entry(r) for r in reader.audit() if r["generation"] > shown]
             return await page(
                 request,
                 409,
-                conflict={"expected": exc.expected, "generation": exc.generation, "moved": moved},
+                conflict={"expected": shown, "generation": exc.generation, "moved": moved},
             )
         except (FlagError, ShimError) as exc:
             return await page(request, exc.status_code, problem={"message": exc.message})

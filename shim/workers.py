@@ -38,6 +38,8 @@ class WorkerStatus:
     pins: Mapping[str, str] = field(default_factory=dict)
     state: Mapping[str, Any] | None = None  # the flag state served (`flags.state_document`)
     parity_gate: bool | None = None  # the deployment's gate setting, for operators' commands
+    instance: str | None = None  # host:port of the `shim serve` it belongs to
+    applied_at: float | None = None  # time.time() when it applied `generation`
 
     @property
     def age(self) -> float:
@@ -68,7 +70,10 @@ class Applied:
             return "no running workers found: the change applies when the shim starts"
         text = f"applied by {len(self.applied)}/{len(self.workers)} workers"
         if self.lagging:
-            lag = ", ".join(f"pid {w.pid} (generation {w.generation})" for w in self.lagging)
+            lag = ", ".join(
+                f"{w.instance + ' ' if w.instance else ''}pid {w.pid} (generation {w.generation})"
+                for w in self.lagging
+            )
             text += f"; lagging: {lag}"
         return text
 

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.servers import Shim, own_backend, reference
+from tests.servers import ETCD, EtcdServer, Shim, own_backend, reference
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +63,23 @@ def start_shim(tmp_path: Path, backends: dict[str, str]) -> Iterator[Callable[..
     yield start
     for shim in started:
         shim.stop()
+
+
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """One real etcd for the session; each test keeps to its own prefix."""
+    if not os.access(ETCD, os.X_OK):
+        pytest.skip(f"{ETCD} is missing: apt-get install etcd-server (.ci/run does)")
+    server = EtcdServer(tmp_path_factory.mktemp("etcd")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    """An etcd of the test's own, for tests that pause, kill or compact it."""
+    if not os.access(ETCD, os.X_OK):
+        pytest.skip(f"{ETCD} is missing: apt-get install etcd-server (.ci/run does)")
+    server = EtcdServer(tmp_path).start()
+    yield server
+    server.kill()

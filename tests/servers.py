@@ -161,3 +161,69 @@ class Shim:
         if check and result.returncode != 0:
             raise AssertionError(f"shim {args} failed: {result.stdout}{result.stderr}")
         return result
+
+
+ETCD = "/usr/bin/etcd"
+
+
+class EtcdServer:
+    """A real etcd (Debian's etcd-server) on loopback ports with its own data dir."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.data_dir = tmp / "etcd-data"
+        self.port, self.peer_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp / "etcd.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> EtcdServer:
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        command = [
+            ETCD,
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", self.url,
+            "--advertise-client-urls", self.url,
+            "--listen-peer-urls", peer,
+            "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"default={peer}",
+        ]  # fmt: skip
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"etcd exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"etcd not ready in {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def signal(self, number: signal.Signals) -> None:
+        assert self.process is not None
+        self.process.send_signal(number)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)  # a paused etcd cannot die otherwise
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def env(self, prefix: str) -> dict[str, str]:
+        """What a shim needs to keep its flags in this etcd under `prefix`."""
+        return {
+            "SHIM_FLAG_STORE": "etcd",
+            "SHIM_ETCD__ENDPOINTS": self.url,
+            "SHIM_ETCD__PREFIX": prefix,
+        }

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shim.errors import FlagConflict, FlagPinned, FlagRefused, UnknownEndpoint
+from shim.errors import Conflict, FlagPinned, FlagRefused, UnknownEndpoint
 from shim.flags import FlagStore, FlagView
 from shim.flags import audit_lines as audit_trail
 from shim.routes import load_routes
@@ -124,10 +124,10 @@ def test_a_write_against_a_stale_generation_is_refused_and_changes_nothing(
     flags = store(tmp_path)
     shown = flags.read().generation
     flags.set("embed", serve="go", actor="someone-else")
-    with pytest.raises(FlagConflict) as refused:
+    with pytest.raises(Conflict) as refused:
         flags.set("embed", serve="rust", actor="test", expected_generation=shown)
     assert (refused.value.expected, refused.value.generation) == (shown, shown + 1)
-    with pytest.raises(FlagConflict):
+    with pytest.raises(Conflict):
         flags.rollback(None, actor="test", expected_generation=shown)
     assert flags.effective("embed").flag.serve == "go"
     assert len(audit_lines(tmp_path)) == 1
@@ -148,3 +148,14 @@ def test_the_audit_trail_can_be_read_from_where_a_read_ended_whole_lines_only(
     tail = audit_trail(tmp_path, start=first.end)
     assert [r["after"]["serve"] for r in tail.records] == ["rust"] and tail.unreadable == 0
     assert audit_trail(tmp_path, start=tail.end).records == []
+
+
+def test_a_change_whose_audit_append_was_lost_is_still_audited_once(tmp_path: Path) -> None:
+    flags = store(tmp_path)
+    flags.set("embed", serve="go", actor="t", reason="before the crash")
+    (tmp_path / "audit.jsonl").write_bytes(b"")  # as if the process died after the rename
+    assert [r["reason"] for r in flags.backend.audit().records] == ["before the crash"]
+    flags.set("sql", serve="go", actor="t")
+    assert [r["generation"] for r in audit_lines(tmp_path)] == [1, 2]
+    flags.set("sql", serve="rust", actor="t")
+    assert [r["generation"] for r in audit_lines(tmp_path)] == [1, 2, 3]

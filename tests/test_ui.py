@@ -300,9 +300,9 @@ def test_the_api_refuses_a_stale_expected_generation_with_409_and_the_current_st
     assert stale.status_code == 409
     body = stale.json()
     assert body["error"]["code"] == "conflict"
-    assert body["current"]["generation"] > shown
-    assert body["current"]["endpoints"]["sql"]["shadow"] is True
-    current = body["current"]["generation"]
+    assert body["state"]["generation"] > shown  # the whole flags view, as the API shows it
+    assert body["state"]["endpoints"]["sql"]["shadow"] is True
+    current = body["state"]["generation"]
     fresh = httpx.put(
         api,
         json={"serve": "rust", "shadow": False, "expected_generation": current, "reason": "ok"},

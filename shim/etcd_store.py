@@ -1,0 +1,513 @@
+"""The flag store of a fleet: flags, audit, acknowledgements and parity evidence in etcd.
+
+Layout under the prefix (default `/cutover-shim/`; two deployments on one etcd use two):
+
+    flags                            the whole flag state, one JSON document
+    audit/<generation:012>/<n:03>    one audit record per changed endpoint, ordered
+    workers/<host>/<pid>             each worker's status, on its own lease (TTL 5 s)
+    parity/<instance>/<endpoint>     each instance's recent parity samples, slimmed
+
+One document for the state, not one key per endpoint: the generation is one number over
+all endpoints, a rollback of several endpoints is one write, and a watcher applies whole
+snapshots with nothing to assemble. A commit is one transaction: compare the `flags` key's
+`mod_revision` with the one read, then put the new state and its audit records; a stale
+writer's transaction fails and reads back the generation now.
+
+Workers never touch etcd on the request path: each one reads `flags` at a revision, watches
+from the next one and applies each new document to its in-memory `FlagView`. A broken watch
+resumes from the last revision seen; a compacted one re-reads. A checker reads the key every
+second: it is how a dead stream (etcd paused, a half-open connection) is found, and its
+answer is applied directly when the watch missed a change, so a returning etcd is caught up
+within about a second. Reconnects back off with jitter. The last state applied is cached in
+SHIM_STATE_DIR so an instance started while etcd is down serves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from prometheus_client import Counter, Gauge, Histogram
+
+from shim.errors import FlagStoreUnavailable
+from shim.etcd import Etcd, EtcdError, b64, kv_value
+from shim.flags import (
+    FlagState,
+    FlagStateError,
+    _is_audit_record,
+    atomic_write,
+    now_iso,
+    state_document,
+    state_from_document,
+)
+from shim.jsonl import Lines
+from shim.parity import ParityStore, sample_time
+from shim.routes import RouteTable
+from shim.store import StaleGeneration
+from shim.workers import LIVE_WITHIN_SECONDS, Applied, WorkerRegistry, WorkerStatus
+
+if TYPE_CHECKING:
+    from shim.flags import FlagView
+
+log = logging.getLogger("shim.etcd")
+
+# Here, not in shim.metrics: only processes that use etcd create them (a supervisor's
+# zero would otherwise be the lowest of every "livemin" below).
+FLAG_STORE_UP = Gauge(
+    "shim_flag_store_up",
+    "1 while the flag store (etcd) answers this worker, 0 while it serves a stale copy.",
+    multiprocess_mode="livemin",
+)
+FLAG_APPLIED_REVISION = Gauge(
+    "shim_flag_store_applied_revision",
+    "etcd mod_revision of the flag state this worker serves (the lowest among workers).",
+    multiprocess_mode="livemin",
+)
+FLAG_APPLY_LAG = Histogram(
+    "shim_flag_store_apply_lag_seconds",
+    "Time from a flag commit in etcd to this worker serving it.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+FLAG_WATCH_RESTARTS = Counter(
+    "shim_flag_store_watch_restarts_total",
+    "Flag watches reopened (etcd away, a dead stream, a compacted revision).",
+)
+FLAG_WRITE_CONFLICTS = Counter(
+    "shim_flag_store_write_conflicts_total",
+    "Flag commits refused because another writer landed first (then retried or 409).",
+)
+
+CACHE_FILE = "flags.etcd-cache.json"
+LEASE_TTL_SECONDS = 5  # a stopped instance's workers drop out of N/N within this
+CHECK_SECONDS = 1.0
+BACKOFF_SECONDS = (0.1, 2.0)  # first retry, cap
+PARITY_PUBLISH_SECONDS = 5.0
+PARITY_SAMPLES_PER_ENDPOINT = 300
+_SLIM_KEYS = ("endpoint", "kind", "ts", "time", "metrics", "blocking", "only_in", "error")
+
+
+class EtcdBackend:
+    """`shim.store.FlagBackend` in etcd."""
+
+    kind = "etcd"
+
+    def __init__(self, etcd: Etcd, prefix: str, routes: RouteTable, state_dir: Path) -> None:
+        self.etcd = etcd
+        self.prefix = prefix
+        self.key = f"{prefix}flags"
+        self.routes = routes
+        self.cache_path = state_dir / CACHE_FILE
+        self._mod_revisions: dict[int, int] = {}  # generation -> mod_revision, as read
+        self._status = "ok"
+        self.applied_mod = -1  # the `flags` mod_revision this worker's view serves
+        self.revision = 0  # the store revision the watch has reached
+
+    def describe(self) -> str:
+        return f"etcd {self.etcd.describe()} prefix {self.prefix}"
+
+    def status(self) -> str:
+        return self._status
+
+    def identity(self) -> object:
+        return self.applied_mod
+
+    def _mark(self, status: str) -> None:
+        if status != self._status:
+            log.warning("flag store %s: %s", self.describe(), status)
+            self._status = status
+        FLAG_STORE_UP.set(1 if status == "ok" else 0)
+
+    def _parse(self, kv: Mapping[str, Any] | None) -> FlagState:
+        if kv is None:
+            return FlagState()
+        try:
+            document = orjson.loads(kv_value(kv))
+        except orjson.JSONDecodeError as exc:
+            raise FlagStateError(f"{self.key} in etcd is not a valid state: {exc}") from None
+        state = state_from_document(document, self.routes)
+        self._mod_revisions[state.generation] = int(kv.get("mod_revision", 0))
+        if len(self._mod_revisions) > 64:
+            self._mod_revisions.pop(min(self._mod_revisions))
+        return state
+
+    def read(self) -> FlagState:
+        try:
+            kv, _ = self.etcd.get(self.key)
+        except FlagStoreUnavailable:
+            self._mark("stale")  # e.g. a worker starting while etcd is down
+            raise
+        self._mark("ok")
+        return self._parse(kv)
+
+    def commit(
+        self, state: FlagState, records: Sequence[Mapping[str, Any]], *, expected: int | None
+    ) -> None:
+        document = {**state_document(state), "committed_at": time.time()}
+        puts = [{"request_put": {"key": _k(self.key), "value": _v(orjson.dumps(document))}}]
+        origin = f"{socket.gethostname()} pid {os.getpid()}"  # the fleet's audit says where
+        for n, record in enumerate(records):
+            key = f"{self.prefix}audit/{state.generation:012d}/{n:03d}"
+            value = orjson.dumps({"instance": origin, **record})
+            puts.append({"request_put": {"key": _k(key), "value": _v(value)}})
+        compare: list[dict[str, Any]] = []
+        if expected is not None:
+            if expected not in self._mod_revisions:
+                current = self.read()  # learns its mod_revision
+                if current.generation != expected:
+                    raise StaleGeneration(current.generation)
+            mod = self._mod_revisions.get(expected, 0)  # 0: the key does not exist yet
+            target = {"target": "MOD", "mod_revision": str(mod)}
+            if not mod:
+                target = {"target": "CREATE", "create_revision": "0"}
+            compare.append({"key": _k(self.key), "result": "EQUAL", **target})
+        answer = self.etcd.call(
+            "kv/txn",
+            {"compare": compare, "success": puts, "failure": [_range(self.key)]},
+        )
+        if not answer.get("succeeded"):
+            FLAG_WRITE_CONFLICTS.inc()
+            ranges = answer.get("responses") or [{}]
+            kvs = ranges[0].get("response_range", {}).get("kvs") or [None]
+            try:
+                now = self._parse(kvs[0]).generation
+            except FlagStateError:
+                now = -1  # the next read finds it unusable and repairs it
+            raise StaleGeneration(now)
+        self._cache(state)  # a repair on this host starts from it, should etcd lose it
+
+    def audit(self, endpoint: str | None = None) -> Lines:
+        records, unreadable = [], 0
+        for kv in self.etcd.get_prefix(f"{self.prefix}audit/"):
+            try:
+                record = orjson.loads(kv_value(kv))
+            except orjson.JSONDecodeError:
+                unreadable += 1
+                continue
+            if not isinstance(record, dict) or not _is_audit_record(record):
+                unreadable += 1
+                continue
+            if endpoint is None or record["endpoint"] == endpoint:
+                records.append(record)
+        return Lines(records, unreadable)
+
+    def keep_aside(self) -> str | None:
+        kv, _ = self.etcd.get(self.key)
+        if kv is None:
+            return None
+        aside = f"{self.key}.corrupt-{now_iso().replace(':', '')}"
+        self.etcd.put(aside, kv_value(kv))
+        return aside
+
+    def last_good_copy(self) -> FlagState | None:
+        try:
+            document = orjson.loads(self.cache_path.read_bytes())
+            return state_from_document(document, self.routes)
+        except (OSError, orjson.JSONDecodeError, FlagStateError):
+            return None
+
+    # -- a worker's view ----------------------------------------------------------------
+
+    async def follow(self, view: FlagView) -> None:
+        """Watch the `flags` key for the worker's whole life (see the module docstring)."""
+        restart = asyncio.Event()
+        tasks: list[asyncio.Task[Any]] = [
+            asyncio.create_task(self._check(view, restart), name="flag-store-check")
+        ]
+        delay = BACKOFF_SECONDS[0]
+        reread = self.applied_mod < 0
+        try:
+            while True:
+                restart.clear()
+                watch = asyncio.create_task(self._watch(view, reread), name="flag-watch")
+                waiter = asyncio.create_task(restart.wait())
+                tasks[1:] = [watch, waiter]
+                await asyncio.wait({watch, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                await _cancel(tasks[1:])
+                reread = False
+                if watch.done() and not watch.cancelled():
+                    error = watch.exception()
+                    if isinstance(error, _Compacted):
+                        reread = True  # the revision we had is gone: read it all again
+                        continue
+                    if error is not None and not isinstance(error, FlagStoreUnavailable):
+                        log.error("flag watch failed: %r", error)
+                FLAG_WATCH_RESTARTS.inc()
+                await asyncio.sleep(random.uniform(0, delay))  # full jitter
+                healthy = self._status == "ok"
+                delay = BACKOFF_SECONDS[0] if healthy else min(BACKOFF_SECONDS[1], delay * 2)
+        finally:
+            await _cancel(tasks)
+            await self.etcd.aclose()
+
+    async def _watch(self, view: FlagView, reread: bool) -> None:
+        if reread:
+            answer = await self.etcd.acall("kv/range", {"key": _k(self.key)})
+            self.revision = int(answer["header"].get("revision", 0))
+            kvs = answer.get("kvs") or [None]
+            await self._apply(view, kvs[0])
+        async for result in self.etcd.watch(self.key, self.revision + 1):
+            if result.get("compact_revision") or result.get("canceled"):
+                log.warning(
+                    "flag watch from revision %d was compacted (now %s): reading again",
+                    self.revision + 1,
+                    result.get("compact_revision"),
+                )
+                raise _Compacted()
+            self._mark("ok")
+            for event in result.get("events") or []:
+                if event.get("type") == "DELETE":
+                    await self._apply(view, None, mod=int(event["kv"].get("mod_revision", 0)))
+                else:
+                    await self._apply(view, event["kv"])
+            revision = int(result.get("header", {}).get("revision", 0))
+            self.revision = max(self.revision, revision)
+
+    async def _check(self, view: FlagView, restart: asyncio.Event) -> None:
+        """Every second: is etcd there, and did the watch miss a change? (Once may be a
+        race with the watch's own delivery; twice means the stream is dead.)"""
+        missed = 0
+        while True:
+            await asyncio.sleep(CHECK_SECONDS)
+            try:
+                answer = await self.etcd.acall("kv/range", {"key": _k(self.key)})
+            except FlagStoreUnavailable:
+                if self._status == "ok":
+                    restart.set()  # a dead stream: reconnect once etcd answers
+                self._mark("stale")
+                continue
+            except Exception:
+                log.exception("flag store check failed")
+                continue
+            was = self._status
+            self._mark("ok")
+            kvs = answer.get("kvs") or [None]
+            mod = int(kvs[0].get("mod_revision", 0)) if kvs[0] else 0
+            if mod > self.applied_mod:
+                log.info("flag store check found revision %d not yet applied", mod)
+                await self._apply(view, kvs[0])
+                missed += 1
+                if was == "ok" and missed >= 2:
+                    restart.set()  # twice in a row: the stream is silent, replace it
+                    missed = 0
+            else:
+                missed = 0
+            self.revision = max(self.revision, int(answer["header"].get("revision", 0)))
+
+    async def _apply(
+        self, view: FlagView, kv: Mapping[str, Any] | None, *, mod: int | None = None
+    ) -> None:
+        revision = mod if mod is not None else int(kv.get("mod_revision", 0)) if kv else 0
+        if revision and revision <= self.applied_mod:
+            return
+        try:
+            state = self._parse(kv)
+        except FlagStateError as exc:
+            view.load_errors += 1
+            if view.on_error:
+                view.on_error(exc)
+            log.error(
+                "flag state not applied, keeping generation %d: %s", view.state.generation, exc
+            )
+            self.applied_mod = revision
+            return
+        self.applied_mod = revision
+        view.identity = revision
+        view.apply(state)
+        FLAG_APPLIED_REVISION.set(revision)
+        if kv is not None:
+            with contextlib.suppress(orjson.JSONDecodeError, TypeError, ValueError):
+                committed = orjson.loads(kv_value(kv)).get("committed_at")
+                if isinstance(committed, int | float):
+                    FLAG_APPLY_LAG.observe(max(0.0, time.time() - committed))
+        await asyncio.to_thread(self._cache, state)
+
+    def _cache(self, state: FlagState) -> None:
+        """What an instance started while etcd is down serves."""
+        try:
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.cache_path, orjson.dumps(state_document(state)))
+        except OSError as exc:
+            log.warning("cannot cache the flag state in %s: %s", self.cache_path, exc)
+
+
+async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+class _Compacted(Exception):
+    """The watch's start revision was compacted away."""
+
+
+_k = _v = b64
+
+
+def _range(key: str) -> dict[str, Any]:
+    return {"request_range": {"key": _k(key)}}
+
+
+class EtcdRegistry:
+    """`shim.store.Acknowledgements` for a fleet: every worker's status on its own lease.
+
+    The status is also kept in the local status files (the supervisor waits for them).
+    Publishing never blocks the caller: a thread of its own talks to etcd, so a worker's
+    event loop never waits for a heartbeat, even with etcd down.
+    """
+
+    def __init__(self, etcd: Etcd, prefix: str, local: WorkerRegistry) -> None:
+        self.etcd = etcd
+        self.directory = f"{prefix}workers/"
+        self.local = local
+        self.host = local.host
+        self._latest: WorkerStatus | None = None
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lease: int | None = None
+        self._stopped = False
+
+    def publish(self, status: WorkerStatus) -> None:
+        self.local.publish(status)
+        self._latest = status
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._publisher, daemon=True, name="acks")
+            self._thread.start()
+        self._wake.set()
+
+    def _publisher(self) -> None:
+        while not self._stopped:
+            self._wake.wait(1.0)
+            self._wake.clear()
+            status = self._latest
+            if status is None or self._stopped:
+                continue
+            try:
+                if self._lease is None or not self.etcd.keepalive(self._lease):
+                    self._lease = self.etcd.grant(LEASE_TTL_SECONDS)
+                key = f"{self.directory}{status.host}/{status.pid}"
+                self.etcd.put(key, orjson.dumps(asdict(status)), lease=self._lease)
+            except (FlagStoreUnavailable, EtcdError) as exc:
+                log.debug("worker status not published: %s", exc)
+
+    def remove(self, pid: int) -> None:
+        self.local.remove(pid)
+        if pid != os.getpid():
+            return  # another process's lease: it expires by itself
+        self._stopped = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        if self._lease is not None:
+            with contextlib.suppress(FlagStoreUnavailable, EtcdError):
+                self.etcd.revoke(self._lease)  # drop out of N/N now, not in 5 s
+
+    def live(self) -> list[WorkerStatus]:
+        workers = []
+        for kv in self.etcd.get_prefix(self.directory):
+            try:
+                status = WorkerStatus(**orjson.loads(kv_value(kv)))
+            except (orjson.JSONDecodeError, TypeError):
+                continue
+            if status.age <= LIVE_WITHIN_SECONDS + 1:  # etcd's copy lags the file's a little
+                workers.append(status)
+        return workers
+
+    def applied(self, generation: int) -> Applied:
+        return Applied(generation, tuple(self.live()))
+
+    def wait_applied(self, generation: int, *, within: float) -> Applied:
+        deadline = time.monotonic() + within
+        while True:
+            applied = self.applied(generation)
+            if applied.complete or time.monotonic() >= deadline:
+                return applied
+            time.sleep(0.05)
+
+    async def wait_applied_async(self, generation: int, *, within: float) -> Applied:
+        deadline = time.monotonic() + within
+        while True:
+            applied = await asyncio.to_thread(self.applied, generation)
+            if applied.complete or time.monotonic() >= deadline:
+                return applied
+            await asyncio.sleep(0.05)
+
+
+class EtcdEvidence:
+    """`shim.store.Evidence` for a fleet: this instance's samples from its own files, every
+    other instance's from the summaries each one publishes in etcd."""
+
+    def __init__(self, etcd: Etcd, prefix: str, local: ParityStore, instance: str) -> None:
+        self.etcd = etcd
+        self.directory = f"{prefix}parity/"
+        self.local = local
+        self.instance = instance
+        self.unreadable = 0
+
+    def samples(self, *, window_seconds: float) -> list[dict[str, Any]]:
+        records = self.local.samples(window_seconds=window_seconds)
+        self.unreadable = self.local.unreadable
+        cutoff = time.time() - window_seconds
+        mine = f"{self.directory}{self.instance}/"
+        try:
+            published = self.etcd.get_prefix(self.directory)
+        except FlagStoreUnavailable as exc:
+            log.warning("parity evidence of this instance only: %s", exc.message)
+            return records
+        for kv in published:
+            key = kv_value({"value": kv.get("key")}).decode(errors="replace")
+            if key.startswith(mine):
+                continue
+            try:
+                samples = orjson.loads(kv_value(kv))
+            except orjson.JSONDecodeError:
+                self.unreadable += 1
+                continue
+            records.extend(
+                r
+                for r in (samples if isinstance(samples, list) else [])
+                if isinstance(r, dict) and sample_time(r) >= cutoff
+            )
+        records.sort(key=sample_time)
+        return records
+
+    def publish(self, window_seconds: float) -> None:
+        """Put this instance's recent samples, per endpoint, slimmed and capped."""
+        by_endpoint: dict[str, list[dict[str, Any]]] = {}
+        for record in self.local.samples(window_seconds=window_seconds):
+            by_endpoint.setdefault(str(record.get("endpoint")), []).append(
+                {k: record[k] for k in _SLIM_KEYS if k in record}
+            )
+        for endpoint, records in by_endpoint.items():
+            value = orjson.dumps(records[-PARITY_SAMPLES_PER_ENDPOINT:])
+            self.etcd.put(f"{self.directory}{self.instance}/{endpoint}", value)
+
+    async def run(self, window_seconds: float, *, leader: Any) -> None:
+        """Publish every few seconds while `leader()` says this worker is the instance's
+        publisher (its lowest live pid), for the worker's whole life."""
+        while True:
+            await asyncio.sleep(PARITY_PUBLISH_SECONDS)
+            try:
+                if leader():
+                    await asyncio.to_thread(self.publish, window_seconds)
+            except FlagStoreUnavailable:
+                pass  # published again when etcd is back
+            except Exception:
+                log.exception("cannot publish parity evidence; retrying")
+
+
+def instance_name(port: int) -> str:
+    """This instance in the fleet: its host and proxy port."""
+    return f"{socket.gethostname()}:{port}"
