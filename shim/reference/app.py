@@ -123,7 +123,9 @@ class ReferenceGateway:
         model = body.get("model", DEFAULT_MODEL[self.backend])
         if model not in MODELS:
             raise RefusedRequest(404, f"model {model!r} not found")
-        matrix = embed_batch(texts, model, unit=self.backend == "rust")
+        # float32, written as its shortest text: what both gateways put on the wire (a Go
+        # []float32, a Rust Vec<f32>), so rehearsals and the bench parse what production does.
+        matrix = embed_batch(texts, model, unit=self.backend == "rust").astype(np.float32)
         if self.backend == "rust":
             return json_response({"embeddings": matrix, "dimensions": DIMENSIONS, "model": model})
         return json_response({"vectors": matrix, "dimension": DIMENSIONS, "model": model})
