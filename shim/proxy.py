@@ -386,7 +386,7 @@ class Proxy:
                 url,
                 headers=forward,
                 data=body,
-                replayable=self._replayable(call),
+                replayable=functools.partial(self._replayable, call),
             )
         try:
             if response.status in route.fallback_on and self._may_fall_back(call):
@@ -459,7 +459,7 @@ class Proxy:
                 url,
                 headers=forward,
                 data=payload,
-                replayable=self._replayable(call),
+                replayable=functools.partial(self._replayable, call),
             )
             try:
                 answer = await read_backend_body(response, limit=self.max_backend_json_bytes)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -140,30 +140,29 @@ class Upstream:
         *,
         headers: list[tuple[str, str]],
         data: bytes | AsyncIterator[bytes] | None,
-        replayable: bool,
+        replayable: Callable[[], bool],
     ) -> aiohttp.ClientResponse:
-        """`request`, awaited for the answer's headers; when `replayable` (the request may be
-        repeated and its body is at hand), a pooled connection that fails before any byte
-        of the answer arrives is retried once on a new connection.
+        """`request`, awaited for the answer's headers; when `replayable()` (the request may
+        be repeated and its body is at hand: asked only after a failure), a pooled
+        connection that fails before any byte of the answer arrives is retried once on a
+        new connection.
 
         The caller releases or closes the response. aiohttp itself retries only GET, HEAD,
         OPTIONS, TRACE, PUT and DELETE this way; our idempotent routes are mostly POSTs.
         """
+        timeout = self.timeout(route)
         try:
-            return await self.request(backend, route, method, url, headers=headers, data=data)
+            return await self._sessions[backend].request(
+                method, url, headers=headers, data=data, allow_redirects=False, timeout=timeout
+            )
         except aiohttp.ClientConnectorError:
             raise  # nothing was sent: a connect error is the backend's, not a stale pool's
         except STALE_CONNECTION_ERRORS:
-            if not replayable:
+            if not replayable():
                 raise
         metrics.count(metrics.UPSTREAM_RETRIES, backend)
         return await self._fresh[backend].request(
-            method,
-            url,
-            headers=headers,
-            data=data,
-            allow_redirects=False,
-            timeout=self.timeout(route),
+            method, url, headers=headers, data=data, allow_redirects=False, timeout=timeout
         )
 
     async def probe(self, backend: Backend, path: str) -> dict[str, object]:
