@@ -124,11 +124,12 @@ def live_demo(tmp_path: Path) -> Iterator[Callable[[str], subprocess.CompletedPr
 
     def run(line: str) -> subprocess.CompletedProcess[str]:
         nonlocal environment
+        # The README's own /tmp/ first: the checkout itself may live under /tmp.
+        line = line.replace("/tmp/", f"{tmp_path}/")
         for default, port in ports.items():
             line = line.replace(f"127.0.0.1:{default}", f"127.0.0.1:{port}")
         line = line.replace(".venv/bin/shim", shim_command)
         line = line.replace("config/routes.toml", str(ROOT / "config" / "routes.toml"))
-        line = line.replace("/tmp/", f"{tmp_path}/")
         if line.startswith("export "):
             environment += line + "\n"
         result = subprocess.run(
