@@ -55,7 +55,7 @@ from shim.jsonl import Lines
 from shim.parity import ParityStore, sample_time
 from shim.routes import RouteTable
 from shim.store import StaleGeneration
-from shim.workers import LIVE_WITHIN_SECONDS, Applied, WorkerRegistry, WorkerStatus
+from shim.workers import LIVE_WITHIN_SECONDS, WaitsForWorkers, WorkerRegistry, WorkerStatus
 
 if TYPE_CHECKING:
     from shim.flags import FlagView
@@ -360,7 +360,7 @@ def _range(key: str) -> dict[str, Any]:
     return {"request_range": {"key": _k(key)}}
 
 
-class EtcdRegistry:
+class EtcdRegistry(WaitsForWorkers):
     """`shim.store.Acknowledgements` for a fleet: every worker's status on its own lease.
 
     The status is also kept in the local status files (the supervisor waits for them).
@@ -424,25 +424,6 @@ class EtcdRegistry:
             if status.age <= LIVE_WITHIN_SECONDS + 1:  # etcd's copy lags the file's a little
                 workers.append(status)
         return workers
-
-    def applied(self, generation: int) -> Applied:
-        return Applied(generation, tuple(self.live()))
-
-    def wait_applied(self, generation: int, *, within: float) -> Applied:
-        deadline = time.monotonic() + within
-        while True:
-            applied = self.applied(generation)
-            if applied.complete or time.monotonic() >= deadline:
-                return applied
-            time.sleep(0.05)
-
-    async def wait_applied_async(self, generation: int, *, within: float) -> Applied:
-        deadline = time.monotonic() + within
-        while True:
-            applied = await asyncio.to_thread(self.applied, generation)
-            if applied.complete or time.monotonic() >= deadline:
-                return applied
-            await asyncio.sleep(0.05)
 
 
 class EtcdEvidence:

@@ -88,7 +88,35 @@ class Applied:
         }
 
 
-class WorkerRegistry:
+class WaitsForWorkers:
+    """`applied` and the waits for it, for any registry that can list its `live()` workers
+    (the file registry below, etcd's in `shim.etcd_store`)."""
+
+    def live(self) -> list[WorkerStatus]:
+        raise NotImplementedError
+
+    def applied(self, generation: int) -> Applied:
+        return Applied(generation, tuple(self.live()))
+
+    def wait_applied(self, generation: int, *, within: float) -> Applied:
+        """Poll until every live worker serves `generation` or `within` seconds pass."""
+        deadline = time.monotonic() + within
+        while True:
+            applied = self.applied(generation)
+            if applied.complete or time.monotonic() >= deadline:
+                return applied
+            time.sleep(0.05)
+
+    async def wait_applied_async(self, generation: int, *, within: float) -> Applied:
+        deadline = time.monotonic() + within
+        while True:
+            applied = await asyncio.to_thread(self.applied, generation)
+            if applied.complete or time.monotonic() >= deadline:
+                return applied
+            await asyncio.sleep(0.05)
+
+
+class WorkerRegistry(WaitsForWorkers):
     """The status files of one state directory."""
 
     def __init__(self, state_dir: Path) -> None:
@@ -127,26 +155,6 @@ class WorkerRegistry:
             if status.age <= LIVE_WITHIN_SECONDS:
                 workers.append(status)
         return workers
-
-    def applied(self, generation: int) -> Applied:
-        return Applied(generation, tuple(self.live()))
-
-    def wait_applied(self, generation: int, *, within: float) -> Applied:
-        """Poll until every live worker serves `generation` or `within` seconds pass."""
-        deadline = time.monotonic() + within
-        while True:
-            applied = self.applied(generation)
-            if applied.complete or time.monotonic() >= deadline:
-                return applied
-            time.sleep(0.05)
-
-    async def wait_applied_async(self, generation: int, *, within: float) -> Applied:
-        deadline = time.monotonic() + within
-        while True:
-            applied = await asyncio.to_thread(self.applied, generation)
-            if applied.complete or time.monotonic() >= deadline:
-                return applied
-            await asyncio.sleep(0.05)
 
 
 def _process_exists(pid: int) -> bool:
