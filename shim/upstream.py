@@ -150,11 +150,8 @@ class Upstream:
         The caller releases or closes the response. aiohttp itself retries only GET, HEAD,
         OPTIONS, TRACE, PUT and DELETE this way; our idempotent routes are mostly POSTs.
         """
-        timeout = self.timeout(route)
         try:
-            return await self._sessions[backend].request(
-                method, url, headers=headers, data=data, allow_redirects=False, timeout=timeout
-            )
+            return await self.request(backend, route, method, url, headers=headers, data=data)
         except aiohttp.ClientConnectorError:
             raise  # nothing was sent: a connect error is the backend's, not a stale pool's
         except STALE_CONNECTION_ERRORS:
@@ -162,7 +159,12 @@ class Upstream:
                 raise
         metrics.count(metrics.UPSTREAM_RETRIES, backend)
         return await self._fresh[backend].request(
-            method, url, headers=headers, data=data, allow_redirects=False, timeout=timeout
+            method,
+            url,
+            headers=headers,
+            data=data,
+            allow_redirects=False,
+            timeout=self.timeout(route),
         )
 
     async def probe(self, backend: Backend, path: str) -> dict[str, object]:
