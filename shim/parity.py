@@ -23,12 +23,15 @@ import orjson
 from shim.drift import Proposal, propose
 from shim.jsonl import append_lines, read_lines, read_records
 from shim.routes import Route, RouteTable
+from shim.stats import percentiles
+from shim.timestamps import iso_utc
+from shim.types import Outcome
 
 PARITY_DIR = "parity"
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_SAMPLES_PER_ENDPOINT = 10_000
 REQUEST_EXCERPT_BYTES = 2048
-PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
+PASS, FAIL, INCONCLUSIVE = Outcome.PASS, Outcome.FAIL, Outcome.INCONCLUSIVE
 MARK = {PASS: "✅", FAIL: "❌", INCONCLUSIVE: "⏳"}
 
 
@@ -97,7 +100,7 @@ class Verdict:
     """An endpoint's parity over the window."""
 
     endpoint: str
-    verdict: str
+    verdict: Outcome
     samples: int
     passed: int
     comparator: str
@@ -147,7 +150,9 @@ class Verdict:
             "differing_paths": self.differing_paths,
             "worst": self.worst,
             "proposals": [p.to_dict() for p in self.proposals],
-            "last_sample": _iso(self.last_sample) if self.last_sample else None,
+            "last_sample": iso_utc(self.last_sample, timespec="seconds")
+            if self.last_sample
+            else None,
             "sources": self.sources,
         }
 
@@ -214,7 +219,7 @@ def judge(route: Route, records: Iterable[Mapping[str, Any]]) -> Verdict:
             verdict.passed += 1
         verdict.last_sample = record.get("ts")
     if cosines:
-        verdict.metrics.update(min_cosine=min(cosines), p50_cosine=_percentile(cosines, 50))
+        verdict.metrics.update(min_cosine=min(cosines), p50_cosine=percentiles(cosines, (50,))[0])
     if recalls:
         verdict.metrics.update(min_recall=min(recalls), mean_recall=sum(recalls) / len(recalls))
     verdict.differing_paths = dict(differing.most_common(20))
@@ -364,19 +369,9 @@ def _worst_entry(record: Mapping[str, Any]) -> dict[str, Any]:
     return {key: record[key] for key in keep if key in record}
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
-    return ordered[index]
-
-
 def _floor(value: float, digits: int) -> float:
     scale = 10**digits
     return math.floor(value * scale) / scale
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def excerpt(body: bytes) -> str:

@@ -1,13 +1,25 @@
-"""Shared vocabulary: backends, and the ASGI callable types. Imports nothing of the shim."""
+"""Shared vocabulary: backends, three-state outcomes, and the ASGI callable types. Imports
+nothing of the shim."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
+from enum import StrEnum
 from typing import Any, Literal
 
 Backend = Literal["rust", "go"]
 BACKENDS: tuple[Backend, ...] = ("rust", "go")
+
+
+class Outcome(StrEnum):
+    """A judgement with three states: a parity verdict, a guard check. A `StrEnum`, so JSON,
+    logs and metrics carry the same bytes as the plain strings did (`"PASS"`)."""
+
+    PASS = "PASS"
+    FAIL = "FAIL"
+    INCONCLUSIVE = "INCONCLUSIVE"  # too little evidence: neither promote nor roll back
+
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

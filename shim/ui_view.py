@@ -9,18 +9,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from shim.routes import ParityPolicy, RouteTable
-from shim.types import BACKENDS
+from shim.types import BACKENDS, Outcome
 from shim.views import last_changes
 from shim.workers import WorkerStatus
 
 REQUEST_SHOWN_CHARS = 600
-GUARD_LABELS = {
+GUARD_LABELS: dict[str, str] = {
     "off": "off",
     "idle": "idle (rust)",
     "on": "watching",
-    "PASS": "watching · ok",
-    "INCONCLUSIVE": "watching · too few",
-    "FAIL": "FAILING",
+    Outcome.PASS: "watching · ok",
+    Outcome.INCONCLUSIVE: "watching · too few",
+    Outcome.FAIL: "FAILING",
 }
 
 
