@@ -49,7 +49,7 @@ def flip_latency(tmp: Path, urls: dict[str, str], flips: int) -> list[float]:
                      **etcd.env(prefix)).start()
             )  # fmt: skip
         client = Etcd([etcd.url])
-        store = FlagStore(tmp, ROUTES, {}, backend=EtcdBackend(client, prefix, ROUTES, tmp))
+        store = FlagStore(EtcdBackend(client, prefix, ROUTES, tmp), ROUTES, {})
         worst: list[float] = []
         for i in range(flips):
             start = time.time()
@@ -120,7 +120,7 @@ def catch_up(tmp: Path, urls: dict[str, str]) -> float:
         etcd.start()
         start = time.time()
         client = Etcd([etcd.url])
-        store = FlagStore(tmp, ROUTES, {}, backend=EtcdBackend(client, prefix, ROUTES, tmp))
+        store = FlagStore(EtcdBackend(client, prefix, ROUTES, tmp), ROUTES, {})
         change = store.set("embed", serve="go", actor="bench")
         assert change is not None
         applied: dict[int, float] = {}

@@ -22,6 +22,7 @@ from playwright.sync_api import sync_playwright
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from shim.file_store import FileBackend  # noqa: E402
 from shim.flags import FlagStore  # noqa: E402
 from shim.routes import load_routes  # noqa: E402
 from tests.servers import Shim, reference  # noqa: E402
@@ -35,7 +36,8 @@ def main() -> int:
     rust, rust_url = reference("rust", tmp)
     go, go_url = reference("go", tmp)
     shim = Shim(tmp, rust_url=rust_url, go_url=go_url, workers=2).start()
-    store = FlagStore(shim.state_dir, load_routes(ROOT / "config" / "routes.toml"), {})
+    routes = load_routes(ROOT / "config" / "routes.toml")
+    store = FlagStore(FileBackend(shim.state_dir, routes), routes, {})
     seen = []
     try:
         with sync_playwright() as p:

@@ -22,7 +22,9 @@ import orjson
 from starlette.testclient import TestClient
 
 from shim.admin import AdminContext, build_admin
-from shim.flags import AUDIT_FILE, FlagStore, FlagView
+from shim.file_store import AUDIT_FILE, FileBackend
+from shim.flag_view import FlagView
+from shim.flags import FlagStore
 from shim.parity import ParityStore
 from shim.routes import load_routes
 from shim.settings import Settings
@@ -85,7 +87,7 @@ def main() -> int:
         ]
     )
     settings = Settings(state_dir=state_dir, admin_token="t")  # type: ignore[call-arg]
-    store = FlagStore(state_dir, routes, {})
+    store = FlagStore(FileBackend(state_dir, routes), routes, {})
     flags = FlagView(store, poll_seconds=1)
     flags.refresh()
     context = AdminContext(

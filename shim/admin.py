@@ -35,7 +35,9 @@ from shim.errors import (
     Unauthorized,
     render,
 )
-from shim.flags import Change, FlagStore, FlagView, pin_conflicts, resolve
+from shim.flag_state import UNCHANGED, Change, pin_conflicts, resolve
+from shim.flag_view import FlagView
+from shim.flags import FlagStore
 from shim.gate import gated_set
 from shim.guard import Guard
 from shim.routes import RouteTable
@@ -249,7 +251,7 @@ def build_admin(context: AdminContext) -> Starlette:
             endpoint,
             serve=update.get("serve"),
             shadow=update.get("shadow"),
-            percent=update.get("percent", ...),
+            percent=update.get("percent", UNCHANGED),
             actor=actor_of(request),
             reason=update.get("reason"),
             force=update.get("force", False),
@@ -315,7 +317,7 @@ def build_admin(context: AdminContext) -> Starlette:
     async def metrics_text(request: Request) -> Response:
         """Prometheus text format, summed over every worker."""
         metrics.flush()  # this worker's last second; the others flush on their own
-        body = await asyncio.to_thread(metrics.render, settings.state_dir, store.backend.audit)
+        body = await asyncio.to_thread(metrics.render, store.backend.audit)
         return Response(body, media_type=metrics.CONTENT_TYPE)
 
     async def shim_error(request: Request, exc: Exception) -> Response:

@@ -23,15 +23,9 @@ import orjson
 from adapters.declared import ANSWER_PROGRAM, PROGRAM_KEYS, REQUEST_PROGRAM, JqAdapter
 from adapters.registry import LOSS_DESCRIPTIONS
 from shim import __version__
-from shim.errors import ConfigError, FlagError, ShimError, UnknownEndpoint
-from shim.flags import (
-    AUDIT_FILE,
-    Flag,
-    FlagStateError,
-    FlagStore,
-    check_pins,
-    cli_actor,
-)
+from shim.errors import ConfigError, FlagError, FlagStateError, ShimError, UnknownEndpoint
+from shim.flag_state import Flag, check_pins
+from shim.flags import FlagStore, cli_actor
 from shim.routes import GO_PREFIX, RouteTable, load_routes
 from shim.settings import Settings, load_settings
 from shim.store import Acknowledgements
@@ -550,7 +544,7 @@ def run_flags_history(args: argparse.Namespace) -> int:
     backend = open_stores(settings, routes).flags.backend
     trail = backend.audit(endpoint)
     if trail.unreadable:
-        where = settings.state_dir / AUDIT_FILE if backend.kind == "file" else backend.describe()
+        where = backend.describe_audit()
         print(f"warning: {trail.unreadable} unreadable line(s) in {where} skipped", file=sys.stderr)
     records = trail.records[-args.limit :]
     if not records:
@@ -694,9 +688,14 @@ def _describe_settings(settings: dict[str, Any]) -> str:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from shim.fleet import open_stores
+
     settings, routes = _load(args)
-    store = FlagStore(settings.state_dir, routes, settings.pin)
-    state = store.read()  # a corrupt state file is an error here, before a worker sees it
+    stores = open_stores(settings, routes)
+    try:
+        state = stores.flags.read()  # a corrupt state is an error here, before a worker sees it
+    finally:
+        stores.close()
     go_only = [name for name, route in routes.routes.items() if route.go_only]
     print(
         f"ok: {len(routes.routes)} endpoints ({len(go_only)} Go-only), "

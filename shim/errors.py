@@ -16,7 +16,9 @@
     │   ├── UnknownEndpoint        404 unknown_endpoint
     │   ├── FlagRefused            422 flag_refused (e.g. a Go-only endpoint to rust)
     │   ├── FlagPinned             409 flag_pinned (names the SHIM_PIN__ variable)
-    │   └── Conflict               409 conflict (expected_generation is stale)
+    │   ├── Conflict               409 conflict (expected_generation is stale)
+    │   └── GateClosed             412 parity_gate (towards Go without a recent PASS)
+    ├── FlagStateError             500 flag_state_corrupt (the stored state cannot be used)
     ├── FlagStoreUnavailable       503 flag_store_unavailable (etcd cannot be reached)
     ├── Overloaded                 503 overloaded: shed after waiting (shim/admission.py)
     └── BackendError               502 backend_error: the backend failed or answered badly
@@ -208,6 +210,19 @@ class Conflict(FlagError):
         if self.state is not None:
             document["state"] = self.state
         return document
+
+
+class GateClosed(FlagError):
+    """Moving traffic towards Go without a recent PASS parity verdict (shim/gate.py)."""
+
+    status_code = 412
+    code = "parity_gate"
+
+
+class FlagStateError(ShimError):
+    """The stored flag state exists but cannot be used (corrupt, half-written, wrong format)."""
+
+    code = "flag_state_corrupt"
 
 
 class FlagStoreUnavailable(ShimError):

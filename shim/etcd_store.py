@@ -40,25 +40,19 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from prometheus_client import Counter, Gauge, Histogram
 
-from shim.errors import FlagStoreUnavailable
-from shim.etcd import Etcd, EtcdError, b64, kv_value
-from shim.flags import (
-    FlagState,
-    FlagStateError,
-    _is_audit_record,
-    atomic_write,
-    now_iso,
-    state_document,
-    state_from_document,
-)
+from shim.errors import FlagStateError, FlagStoreUnavailable
+from shim.etcd import Etcd, EtcdError, b64, kv_value, prefix_end
+from shim.file_store import atomic_write
+from shim.flag_state import FlagState, is_audit_record, state_document, state_from_document
 from shim.jsonl import Lines
 from shim.parity import ParityStore, sample_time
 from shim.routes import RouteTable
 from shim.store import StaleGeneration
+from shim.timestamps import iso_utc
 from shim.workers import LIVE_WITHIN_SECONDS, WaitsForWorkers, WorkerRegistry, WorkerStatus
 
 if TYPE_CHECKING:
-    from shim.flags import FlagView
+    from shim.flag_view import FlagView
 
 log = logging.getLogger("shim.etcd")
 
@@ -194,18 +188,38 @@ class EtcdBackend:
             except orjson.JSONDecodeError:
                 unreadable += 1
                 continue
-            if not isinstance(record, dict) or not _is_audit_record(record):
+            if not isinstance(record, dict) or not is_audit_record(record):
                 unreadable += 1
                 continue
             if endpoint is None or record["endpoint"] == endpoint:
                 records.append(record)
         return Lines(records, unreadable)
 
+    def audit_identity(self) -> object:
+        """How many audit records there are and the newest one's revision: one range with
+        no values (records are only ever added, in the transaction of their change)."""
+        answer = self.etcd.call(
+            "kv/range",
+            {
+                "key": _k(f"{self.prefix}audit/"),
+                "range_end": prefix_end(f"{self.prefix}audit/"),
+                "sort_order": "DESCEND",
+                "sort_target": "MOD",
+                "limit": 1,
+                "keys_only": True,
+            },
+        )
+        kvs = answer.get("kvs") or [{}]
+        return (int(answer.get("count", 0)), int(kvs[0].get("mod_revision", 0)))
+
+    def describe_audit(self) -> str:
+        return f"etcd {self.etcd.describe()} prefix {self.prefix}audit/"
+
     def keep_aside(self) -> str | None:
         kv, _ = self.etcd.get(self.key)
         if kv is None:
             return None
-        aside = f"{self.key}.corrupt-{now_iso().replace(':', '')}"
+        aside = f"{self.key}.corrupt-{iso_utc().replace(':', '')}"
         self.etcd.put(aside, kv_value(kv))
         return aside
 

@@ -1,5 +1,6 @@
 """Opens the flag store a deployment is configured with (`SHIM_FLAG_STORE`): the one place
-that knows both implementations of `shim.store`.
+that knows both implementations of `shim.store`, and the one way to open a store from the
+settings (`open_stores`).
 
 `file` (default): one host's SHIM_STATE_DIR, as always. `etcd`: every instance pointed at
 the same etcd and prefix shares flags, audit, acknowledgements and parity evidence.
@@ -12,21 +13,21 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from shim.errors import InvalidValue
-from shim.flags import (
+from shim.file_store import FileBackend
+from shim.flag_state import (
     Change,
     FlagState,
-    FlagStore,
     audit_record,
-    now_iso,
     resolve,
-    served_by,
     state_document,
     state_from_document,
 )
+from shim.flags import FlagStore, served_by
 from shim.parity import ParityStore
 from shim.routes import RouteTable
 from shim.settings import Settings
 from shim.store import Acknowledgements, Evidence
+from shim.timestamps import iso_utc
 from shim.types import Backend
 from shim.workers import WorkerRegistry
 
@@ -50,7 +51,8 @@ def open_stores(
     local_workers = WorkerRegistry(settings.state_dir)
     local_parity = ParityStore(settings.state_dir)
     if settings.flag_store == "file":
-        flags = FlagStore(settings.state_dir, routes, pins, served=served_by(local_workers, routes))
+        backend = FileBackend(settings.state_dir, routes)
+        flags = FlagStore(backend, routes, pins, served=served_by(local_workers, routes))
         return Stores(flags, local_workers, local_parity, local_parity)
     from shim.etcd import Etcd
     from shim.etcd_store import EtcdBackend, EtcdEvidence, EtcdRegistry, instance_name
@@ -64,9 +66,7 @@ def open_stores(
     )
     registry = EtcdRegistry(etcd, config.prefix, local_workers)
     backend = EtcdBackend(etcd, config.prefix, routes, settings.state_dir)
-    flags = FlagStore(
-        settings.state_dir, routes, pins, served=served_by(registry, routes), backend=backend
-    )
+    flags = FlagStore(backend, routes, pins, served=served_by(registry, routes))
     evidence = EtcdEvidence(etcd, config.prefix, local_parity, instance_name(settings.port))
     return Stores(flags, registry, evidence, local_parity, etcd.close)
 
@@ -104,7 +104,7 @@ def import_document(
                 Change(
                     name,
                     before,
-                    replace(after, changed_at=now_iso(), actor=actor, reason=reason),
+                    replace(after, changed_at=iso_utc(), actor=actor, reason=reason),
                     new.generation,
                 )
             )

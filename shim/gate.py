@@ -12,22 +12,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from types import EllipsisType
 from typing import Any
 
-from shim.errors import FlagError
-from shim.flags import Change, Flag, FlagStore
+from shim.errors import GateClosed
+from shim.flag_state import Change, Flag, Unchanged
+from shim.flags import FlagStore
 from shim.parity import PASS, Verdict, judge
 from shim.settings import Settings
 from shim.store import Evidence
 from shim.types import Backend
-
-
-class GateClosed(FlagError):
-    """Moving traffic towards Go without a recent PASS parity verdict."""
-
-    status_code = 412
-    code = "parity_gate"
 
 
 def go_share(flag: Flag) -> int:
@@ -147,7 +140,7 @@ def gated_set(
     *,
     serve: Backend | None,
     shadow: bool | None,
-    percent: int | EllipsisType | None,
+    percent: int | Unchanged | None,
     actor: str,
     reason: str | None,
     force: bool = False,

@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 
 from shim import metrics
 from shim.errors import ShimError
-from shim.flags import FlagStore, FlagView
+from shim.flag_view import FlagView
+from shim.flags import FlagStore
 from shim.routes import GuardPolicy, RouteTable
+from shim.types import Outcome
 
 log = logging.getLogger("shim.guard")
 MIN_PARITY_SAMPLES = 5
-HOLD, OK, FAILING = "INCONCLUSIVE", "PASS", "FAIL"
+HOLD, OK, FAILING = Outcome.INCONCLUSIVE, Outcome.PASS, Outcome.FAIL
 
 
 @dataclass
@@ -48,7 +50,7 @@ class Check:
     """The guard's view of one endpoint at one moment."""
 
     endpoint: str
-    status: str  # INCONCLUSIVE, PASS or FAIL
+    status: Outcome
     reason: str
     requests: int
 

@@ -13,7 +13,6 @@ import os
 from bisect import bisect_left
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Protocol
 
 from prometheus_client import (
@@ -30,7 +29,7 @@ from prometheus_client.registry import Collector
 
 from shim.compare import Comparison
 from shim.errors import ShimError
-from shim.flags import FlagState, audit_lines, resolve
+from shim.flag_state import FlagState, resolve
 from shim.jsonl import Lines
 from shim.routes import RouteTable
 from shim.types import BACKENDS, Backend
@@ -312,9 +311,8 @@ AuditSource = Callable[[], Lines]
 class AuditCollector(Collector):
     """`shim_flag_changes_total{endpoint, actor}` counted from the audit trail at scrape time."""
 
-    def __init__(self, state_dir: Path, audit: AuditSource | None = None) -> None:
-        self.state_dir = state_dir
-        self.audit = audit or (lambda: audit_lines(state_dir))  # the store's, in a fleet
+    def __init__(self, audit: AuditSource) -> None:
+        self.audit = audit  # the flag store's trail (`FlagBackend.audit`)
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
@@ -345,10 +343,10 @@ def _registry() -> CollectorRegistry:
     return registry
 
 
-def render(state_dir: Path, audit: AuditSource | None = None) -> bytes:
-    """The metrics text for one scrape (`audit`: the flag store's trail, default the file's)."""
+def render(audit: AuditSource) -> bytes:
+    """The metrics text for one scrape (`audit`: the flag store's trail)."""
     registry = _registry()
-    registry.register(AuditCollector(state_dir, audit))
+    registry.register(AuditCollector(audit))
     return generate_latest(registry)
 
 

@@ -42,7 +42,7 @@ from shim.errors import (
     render,
 )
 from shim.fallback import FallbackStatus, RetryBudget
-from shim.flags import FlagView
+from shim.flag_view import FlagView
 from shim.guard import Guard
 from shim.routes import RouteMatch, RouteTable
 from shim.settings import Settings

@@ -1,10 +1,11 @@
 """The flag store interface: what the flag policy (`shim.flags.FlagStore`, `shim.gate`,
-`shim.guard`) needs from wherever the state lives, and nothing more.
+`shim.guard`) and the operator's surface (audit view, metrics) need from wherever the state
+lives, and nothing more: no layer above it names a file.
 
-Two implementations: the state directory of one host (`shim.flags.FileBackend`, with the
+Two implementations: the state directory of one host (`shim.file_store.FileBackend`, with the
 workers' status files of `shim.workers.WorkerRegistry` and the parity files of
-`shim.parity.ParityStore`) and etcd for a fleet (`shim.etcd_store`). `open_store` picks one
-from the settings. Policy — checks, pins, the gate, plans, recovery of a corrupt state —
+`shim.parity.ParityStore`) and etcd for a fleet (`shim.etcd_store`). `shim.fleet.open_stores`
+picks one from the settings. Policy — checks, pins, the gate, plans, recovery of a corrupt state —
 stays above this line and is the same for both; tests/test_flag_store_conformance.py holds
 both implementations to one behaviour.
 
@@ -19,7 +20,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from shim.flags import FlagState, FlagView
+    from shim.flag_state import FlagState
+    from shim.flag_view import FlagView
     from shim.jsonl import Lines
     from shim.workers import Applied, WorkerStatus
 
@@ -56,6 +58,16 @@ class FlagBackend(Protocol):
 
     def audit(self, endpoint: str | None = None) -> Lines:
         """The audit trail (of one endpoint), oldest first, and how much was unreadable."""
+        ...
+
+    def audit_identity(self) -> object:
+        """A cheap token that changes whenever the audit trail does (file: two `stat`s;
+        etcd: one keys-only range, no values), so a reader that polls (the operator page)
+        re-reads the trail only when it changed."""
+        ...
+
+    def describe_audit(self) -> str:
+        """Where the audit trail is, for operators (`/srv/state/audit.jsonl`)."""
         ...
 
     def keep_aside(self) -> str | None:

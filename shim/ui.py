@@ -23,7 +23,6 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -35,8 +34,8 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from shim import metrics
-from shim.errors import Conflict, FlagError, ShimError
-from shim.flags import AUDIT_FILE, audit_lines
+from shim.errors import Conflict, FlagError, FlagStoreUnavailable, ShimError
+from shim.flag_state import UNCHANGED, Unchanged
 from shim.gate import GateDecision, gated_set
 from shim.sessions import (
     SESSION_SECONDS,
@@ -94,28 +93,21 @@ class Reader:
     their files changed (a page polls every second; 10,000 audit lines take ~15 ms)."""
 
     context: AdminContext
-    _audit: tuple[int | None, int, list[dict[str, Any]]] = (None, 0, [])
+    _audit: tuple[object, list[dict[str, Any]]] = (None, [])
     _parity: tuple[object, list[dict[str, Any]]] = (None, [])
     _counts: deque[tuple[float, dict[tuple[str, ...], float]]] = field(default_factory=deque)
 
     def audit(self) -> list[dict[str, Any]]:
-        """The audit trail, oldest first; a grown file is read from where the last read
-        ended (10,000 lines cost ~50 ms to parse on a loaded 2-core machine, a tail ~0)."""
-        state_dir = self.context.settings.state_dir
+        """The flag store's audit trail, oldest first, read again only when the store says
+        it changed (`audit_identity`); while the store cannot be reached, the last one read."""
+        backend = self.context.store.backend
         try:
-            stat = (state_dir / AUDIT_FILE).stat()
-        except FileNotFoundError:
-            self._audit = (None, 0, [])
-            return []
-        inode, end, records = self._audit
-        if inode == stat.st_ino and end <= stat.st_size:
-            if end < stat.st_size:
-                tail = audit_lines(state_dir, start=end)
-                self._audit = (inode, tail.end, records + tail.records)
-        else:  # first read, or the file was replaced or truncated
-            trail = audit_lines(state_dir)
-            self._audit = (stat.st_ino, trail.end, trail.records)
-        return self._audit[2]
+            identity = backend.audit_identity()
+            if identity != self._audit[0]:
+                self._audit = (identity, backend.audit().records)
+        except FlagStoreUnavailable:
+            pass  # etcd away: the page shows the trail it last read
+        return self._audit[1]
 
     def parity_records(self) -> list[dict[str, Any]]:
         directory = self.context.parity.directory
@@ -411,7 +403,7 @@ def ui_routes(context: AdminContext) -> list[BaseRoute]:
                 generation = changes[0].generation if changes else None
             elif action in ACTIONS and endpoint in context.routes:
                 update: dict[str, Any] = dict(ACTIONS[action])
-                percent: int | EllipsisType | None = ...  # left as it is
+                percent: int | Unchanged | None = UNCHANGED
                 if action == "canary":
                     text = str(form.get("percent", "")).strip()
                     percent = int(text) if text.isdigit() else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypedDict
 
-from shim.flags import FlagState, pin_conflicts, resolve
+from shim.flag_state import FlagState, pin_conflicts, resolve
 from shim.parity import verdicts
 from shim.routes import RouteTable
 from shim.types import Backend

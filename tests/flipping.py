@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from shim.file_store import FileBackend
 from shim.flags import FlagStore
 from shim.routes import load_routes
 from tests.servers import ROOT, Shim
@@ -17,7 +18,7 @@ ROUTES = load_routes(ROOT / "config" / "routes.toml")
 
 def serve_all(shim: Shim, backend: str, endpoints: list[str]) -> None:
     """Route `endpoints` to `backend` and return once the shim serves that generation."""
-    store = FlagStore(shim.state_dir, ROUTES, {})
+    store = FlagStore(FileBackend(shim.state_dir, ROUTES), ROUTES, {})
     for endpoint in endpoints:
         store.set(endpoint, serve=backend, actor="test")  # type: ignore[arg-type]
     wait_for_generation(shim, store.read().generation)

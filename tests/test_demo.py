@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from shim.demo import DEFAULT_PORTS, TOUR, prepare_state, tour
+from shim.file_store import FileBackend
 from shim.flags import FlagStore
 from shim.routes import load_routes
 from tests.servers import ROOT, base_env, free_port
@@ -189,7 +190,8 @@ def live_demo(tmp_path: Path) -> Iterator[Callable[[str], subprocess.CompletedPr
 def test_readme_demo_tour_runs_against_a_live_demo(tmp_path: Path) -> None:
     """Over the state of an earlier demo (embed already on go): the demo starts fresh, so
     the tour's "the parity gate refuses" line holds on every run."""
-    stale = FlagStore(tmp_path / "state" / "demo", load_routes(ROOT / "config" / "routes.toml"), {})
+    routes = load_routes(ROOT / "config" / "routes.toml")
+    stale = FlagStore(FileBackend(tmp_path / "state" / "demo", routes), routes, {})
     stale.set("embed", serve="go", shadow=True, actor="an earlier demo")
     with live_demo(tmp_path) as run:
         outputs = []

@@ -14,7 +14,9 @@ from shim import etcd_store
 from shim.errors import FlagStoreUnavailable
 from shim.etcd import Etcd, b64, prefix_end
 from shim.etcd_store import EtcdBackend, EtcdEvidence
-from shim.flags import FlagStore, FlagView
+from shim.file_store import FileBackend
+from shim.flag_view import FlagView
+from shim.flags import FlagStore
 from shim.parity import ParityStore
 from shim.routes import load_routes
 from shim.settings import PROJECT_ROOT
@@ -31,10 +33,10 @@ def test_a_watch_from_a_compacted_revision_reads_everything_again(
     monkeypatch.setattr(etcd_store, "CHECK_SECONDS", 3600.0)
     prefix = f"/compact-{uuid.uuid4().hex[:8]}/"
     client = Etcd([etcd.url])
-    writer = FlagStore(tmp_path, ROUTES, {}, backend=EtcdBackend(client, prefix, ROUTES, tmp_path))
+    writer = FlagStore(EtcdBackend(client, prefix, ROUTES, tmp_path), ROUTES, {})
     writer.set("embed", serve="go", actor="t")
     reader = EtcdBackend(Etcd([etcd.url]), prefix, ROUTES, tmp_path / "reader")
-    view = FlagView(FlagStore(tmp_path, ROUTES, {}, backend=reader), poll_seconds=0.1)
+    view = FlagView(FlagStore(reader, ROUTES, {}), poll_seconds=0.1)
     view.refresh(force=True)
     _, revision = client.get(f"{prefix}flags")
     reader.applied_mod, reader.revision = revision, revision  # as if it watched up to here
@@ -112,7 +114,7 @@ def test_with_auth_on_the_store_authenticates_and_says_what_to_fix_when_refused(
     def store(password: str, where: str = prefix) -> FlagStore:
         client = Etcd([own_etcd.url], username="shim", password=password)
         clients.append(client)
-        return FlagStore(tmp_path, ROUTES, {}, backend=EtcdBackend(client, where, ROUTES, tmp_path))
+        return FlagStore(EtcdBackend(client, where, ROUTES, tmp_path), ROUTES, {})
 
     clients: list[Etcd] = []
     store("shim-pw").set("embed", serve="go", actor="t")
@@ -130,12 +132,12 @@ def test_a_single_host_state_moves_into_etcd_with_its_history(
 ) -> None:
     from shim.fleet import export_document, import_document
 
-    single = FlagStore(tmp_path / "host", ROUTES, {})
+    single = FlagStore(FileBackend(tmp_path / "host", ROUTES), ROUTES, {})
     single.set("embed", serve="go", actor="cli:ops", reason="cut over")
     single.set("sql", shadow=True, actor="cli:ops")
     client = Etcd([etcd.url])
     prefix = f"/import-{uuid.uuid4().hex[:8]}/"
-    fleet = FlagStore(tmp_path, ROUTES, {}, backend=EtcdBackend(client, prefix, ROUTES, tmp_path))
+    fleet = FlagStore(EtcdBackend(client, prefix, ROUTES, tmp_path), ROUTES, {})
     generation = import_document(fleet, export_document(single), actor="cli:ops", reason="move")
     state = fleet.read()
     assert generation == 3 and state.generation == 3

@@ -16,9 +16,8 @@ from typing import Any
 
 import pytest
 
-from shim.errors import Conflict
+from shim.errors import Conflict, FlagStateError
 from shim.etcd import Etcd
-from shim.flags import FlagStateError
 from shim.fleet import Stores, open_stores
 from shim.routes import load_routes
 from shim.settings import PROJECT_ROOT, Settings

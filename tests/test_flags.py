@@ -9,15 +9,17 @@ from pathlib import Path
 import pytest
 
 from shim.errors import Conflict, FlagPinned, FlagRefused, UnknownEndpoint
-from shim.flags import FlagStore, FlagView
-from shim.flags import audit_lines as audit_trail
+from shim.file_store import FileBackend
+from shim.file_store import audit_lines as audit_trail
+from shim.flag_view import FlagView
+from shim.flags import FlagStore
 from shim.routes import load_routes
 
 ROUTES = load_routes(Path(__file__).resolve().parent.parent / "config" / "routes.toml")
 
 
 def store(tmp_path: Path, **pins: str) -> FlagStore:
-    return FlagStore(tmp_path, ROUTES, pins)  # type: ignore[arg-type]
+    return FlagStore(FileBackend(tmp_path, ROUTES), ROUTES, pins)  # type: ignore[arg-type]
 
 
 def audit_lines(tmp_path: Path) -> list[dict[str, object]]:
@@ -100,7 +102,7 @@ def test_worker_view_applies_changes_and_keeps_last_good_state_on_corruption(
 
 def _flip_many(args: tuple[str, str, int]) -> None:
     state_dir, endpoint, count = args
-    flags = FlagStore(Path(state_dir), ROUTES, {})
+    flags = FlagStore(FileBackend(Path(state_dir), ROUTES), ROUTES, {})
     for i in range(count):
         flags.set(endpoint, shadow=i % 2 == 0, actor=f"writer-{endpoint}")
 

@@ -13,7 +13,9 @@ import httpx
 
 from shim.canary import bucket
 from shim.fallback import RetryBudget
-from shim.flags import FlagStore, FlagView
+from shim.file_store import FileBackend
+from shim.flag_view import FlagView
+from shim.flags import FlagStore
 from shim.guard import Guard
 from shim.headers import client_request
 from shim.proxy import caller_of
@@ -182,7 +184,7 @@ class Clock:
 
 
 def guard_on_go(tmp_path: Path) -> tuple[Guard, Clock]:
-    store = FlagStore(tmp_path, ROUTES, {})
+    store = FlagStore(FileBackend(tmp_path, ROUTES), ROUTES, {})
     store.set("embed", serve="go", actor="test")
     view = FlagView(store, poll_seconds=0.2)
     view.refresh()

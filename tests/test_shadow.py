@@ -14,6 +14,7 @@ import httpx
 import orjson
 import pytest
 
+from shim.file_store import FileBackend
 from shim.flags import FlagStore
 from shim.reference.embedding import unit_embedding
 from shim.shadow import WorkBudget, compare_pair
@@ -166,7 +167,7 @@ def test_chat_and_playbook_records_are_never_shadowed(
     for endpoint in ("chat", "playbooks_record"):
         refused = shim.cli("flags", "set", endpoint, "go", "--shadow", check=False)
         assert refused.returncode == 1 and "cannot be shadowed" in refused.stderr
-    store = FlagStore(shim.state_dir, ROUTES, {})
+    store = FlagStore(FileBackend(shim.state_dir, ROUTES), ROUTES, {})
     store.set("chat", serve="go", actor="test")
     # A hand-edited flag file turning shadow on anyway: the proxy must still refuse.
     document = json.loads((shim.state_dir / "flags.json").read_text())

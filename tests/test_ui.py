@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shim.flags import read_audit
+from shim.file_store import read_audit
 from shim.sessions import SESSION_SECONDS, new_csrf, new_session, session_of
 from shim.ui_view import histogram_svg
 from shim.views import audit_view
