@@ -37,10 +37,15 @@ def read_lines(path: Path, *, start: int = 0) -> Lines:
         return Lines([], 0)
     if start:
         data = data[: data.rfind(b"\n") + 1]
-    lines = data.splitlines()
+    records, unreadable, _ = parse_lines(data)
+    return Lines(records, unreadable, start + len(data))
+
+
+def parse_lines(data: bytes) -> Lines:
+    """The records of JSON-lines `data` and how many non-blank lines were not records."""
     records = []
     unreadable = 0
-    for line in lines:
+    for line in data.splitlines():
         try:
             record = orjson.loads(line)
         except orjson.JSONDecodeError:
@@ -50,7 +55,7 @@ def read_lines(path: Path, *, start: int = 0) -> Lines:
             records.append(record)
         else:
             unreadable += 1
-    return Lines(records, unreadable, start + len(data))
+    return Lines(records, unreadable, len(data))
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

@@ -209,6 +209,28 @@ def test_garbage_in_the_audit_is_skipped_and_counted(spec: Spec) -> None:
     assert trail.unreadable == 1
 
 
+def test_the_audit_identity_changes_with_the_trail_and_only_with_it(spec: Spec) -> None:
+    reader = stores_of(spec).flags.backend  # a long-lived reader: the operator page, /metrics
+    writer = stores_of(spec).flags
+    empty = reader.audit_identity()
+    assert reader.audit_identity() == empty and reader.audit().records == []
+    writer.set("embed", serve="go", actor="t")
+    first = reader.audit_identity()
+    assert first != empty
+    assert [r["generation"] for r in reader.audit().records] == [1]
+    assert writer.set("embed", serve="go", actor="t") is None  # no change, no new record
+    assert reader.audit_identity() == first
+    writer.rollback(["embed"], actor="t")
+    second = reader.audit_identity()
+    assert second not in (empty, first)
+    assert [r["generation"] for r in reader.audit().records] == [1, 2]
+    put_garbage(spec, "audit")
+    assert reader.audit_identity() != second
+    trail = reader.audit()
+    assert [r["generation"] for r in trail.records] == [1, 2] and trail.unreadable == 1
+    assert reader.describe_audit()  # says where, for the CLI's warning about such lines
+
+
 def test_a_corrupt_state_is_never_served_and_a_write_repairs_it(spec: Spec) -> None:
     store = stores_of(spec).flags
     store.set("embed", serve="go", actor="t")

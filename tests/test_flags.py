@@ -152,6 +152,28 @@ def test_the_audit_trail_can_be_read_from_where_a_read_ended_whole_lines_only(
     assert audit_trail(tmp_path, start=tail.end).records == []
 
 
+def test_a_long_lived_reader_sees_the_audit_file_as_a_fresh_read_would(tmp_path: Path) -> None:
+    flags = store(tmp_path)
+    reader = FileBackend(tmp_path, ROUTES)  # keeps what it parsed, reads on from there
+    audit = tmp_path / "audit.jsonl"
+    flags.set("embed", serve="go", actor="test")
+    assert [r["generation"] for r in reader.audit().records] == [1]
+    with audit.open("ab") as file:
+        file.write(b'{"endpoint": "sql", "gener')  # a line still being written
+    assert reader.audit().unreadable == 1  # as a fresh read counts it
+    with audit.open("ab") as file:
+        file.write(b'ation": 7, "before": {}, "after": {}}\n')  # ... and finished
+    trail = reader.audit()
+    assert [r["generation"] for r in trail.records] == [1, 7] and trail.unreadable == 0
+    flags.set("embed", serve="rust", actor="test")
+    assert [r["generation"] for r in reader.audit().records] == [1, 7, 2]
+    with audit.open("r+b") as file:  # rewritten in place by a tool: same inode, longer
+        file.write(b"{]\n" + audit.read_bytes().replace(b'"generation":1', b'"generation":5'))
+    trail = reader.audit()
+    assert [r["generation"] for r in trail.records] == [5, 7, 2] and trail.unreadable == 1
+    assert trail == FileBackend(tmp_path, ROUTES).audit()
+
+
 def test_a_change_whose_audit_append_was_lost_is_still_audited_once(tmp_path: Path) -> None:
     flags = store(tmp_path)
     flags.set("embed", serve="go", actor="t", reason="before the crash")
