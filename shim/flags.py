@@ -226,8 +226,11 @@ class FlagStore:
         """Refuse a change computed from another generation than `state`'s, so a form shown
         a minute ago cannot undo a newer change (the endpoint's flag now goes with it)."""
         if expected is not None and state.generation != expected:
-            known = endpoint is not None and state.flags
-            now = resolve(state, self.routes, self.pins, endpoint) if known else None
+            now = (
+                resolve(state, self.routes, self.pins, endpoint)
+                if endpoint is not None and state.flags
+                else None
+            )
             raise Conflict(
                 f"the flag state is at generation {state.generation}, not {expected}: it "
                 "changed since you read it; look at the current state (GET /_shim/flags or "

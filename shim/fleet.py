@@ -26,7 +26,7 @@ from shim.flags import FlagStore, served_by
 from shim.parity import ParityStore
 from shim.routes import RouteTable
 from shim.settings import Settings
-from shim.store import Acknowledgements, Evidence
+from shim.store import Acknowledgements, Evidence, FlagBackend
 from shim.timestamps import iso_utc
 from shim.types import Backend
 from shim.workers import WorkerRegistry
@@ -51,11 +51,12 @@ def open_stores(
     local_workers = WorkerRegistry(settings.state_dir)
     local_parity = ParityStore(settings.state_dir)
     if settings.flag_store == "file":
-        backend = FileBackend(settings.state_dir, routes)
+        backend: FlagBackend = FileBackend(settings.state_dir, routes)
         flags = FlagStore(backend, routes, pins, served=served_by(local_workers, routes))
         return Stores(flags, local_workers, local_parity, local_parity)
     from shim.etcd import Etcd
-    from shim.etcd_store import EtcdBackend, EtcdEvidence, EtcdRegistry, instance_name
+    from shim.etcd_fleet import EtcdEvidence, EtcdRegistry, instance_name
+    from shim.etcd_store import EtcdBackend
 
     config = settings.etcd
     etcd = Etcd(

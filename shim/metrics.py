@@ -212,17 +212,17 @@ class RequestTally:
         counts, self.counts = self.counts, {}
         latency, self.latency = self.latency, {}
         events, self.events = self.events, {}
-        for (counter, labels), count in events.items():
-            counter.labels(*labels).inc(count)
-        for key, count in counts.items():
-            counter = self._counters.get(key)
+        for (family, labels), count in events.items():
+            family.labels(*labels).inc(count)
+        for request, count in counts.items():
+            counter = self._counters.get(request)
             if counter is None:
-                counter = self._counters[key] = REQUESTS.labels(*key)
+                counter = self._counters[request] = REQUESTS.labels(*request)
             counter.inc(count)
-        for key, cell in latency.items():
-            histogram = self._histograms.get(key)
+        for served, cell in latency.items():
+            histogram = self._histograms.get(served)
             if histogram is None:
-                histogram = self._histograms[key] = LATENCY.labels(*key)
+                histogram = self._histograms[served] = LATENCY.labels(*served)
             add_to_histogram(histogram, cell[:-1], cell[-1])
 
 
@@ -232,10 +232,10 @@ def add_to_histogram(histogram: Histogram, bucket_counts: list[float], total: fl
     prometheus_client has no public bulk observe; its children keep `_sum` and `_buckets`
     values (tests/test_operations.py checks the result against plain `observe` calls).
     """
-    histogram._sum.inc(total)  # type: ignore[attr-defined]
+    histogram._sum.inc(total)
     for index, count in enumerate(bucket_counts):
         if count:
-            histogram._buckets[index].inc(count)  # type: ignore[attr-defined]
+            histogram._buckets[index].inc(count)
 
 
 _tally = RequestTally()
@@ -337,7 +337,7 @@ def _registry() -> CollectorRegistry:
     """Every worker's metrics (multiprocess mode), else this process's."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # not annotated upstream
     else:
         registry.register(_Default())
     return registry
@@ -353,12 +353,13 @@ def render(audit: AuditSource) -> bytes:
 def totals(sample: str, labels: tuple[str, ...]) -> dict[tuple[str, ...], float]:
     """A counter's value summed over every worker, by `labels` (e.g. `shim_requests_total`
     by endpoint and backend): what /metrics serves, read for the operator page."""
-    found: Tally[tuple[str, ...]] = Tally()
+    found: dict[tuple[str, ...], float] = {}
     for family in _registry().collect():
         for s in family.samples:
             if s.name == sample:
-                found[tuple(s.labels.get(label, "") for label in labels)] += s.value
-    return dict(found)
+                key = tuple(s.labels.get(label, "") for label in labels)
+                found[key] = found.get(key, 0.0) + s.value
+    return found
 
 
 class _Default(Collector):
@@ -371,4 +372,4 @@ class _Default(Collector):
 def worker_exited(pid: int) -> None:
     """Drop a stopped worker's live gauges (multiprocess mode only)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]  # not annotated upstream

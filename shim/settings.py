@@ -11,7 +11,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -194,7 +194,8 @@ def load_settings(config: str | os.PathLike[str] | None = None, **overrides: obj
     line, the environment variable, or the file and line), so the CLI prints one line.
     """
     path = config_path(config)
-    given = {k: v for k, v in overrides.items() if v is not None}
+    # Any: each command-line value is checked by the model, as the environment's are.
+    given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
 
     class _FromFile(Settings):
         model_config = SettingsConfigDict(toml_file=path)

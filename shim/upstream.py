@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
-from multidict import CIMultiDict
+from multidict import CIMultiDict, istr
 from yarl import URL
 
 from shim import metrics
@@ -38,7 +38,7 @@ class PassThroughRequest(aiohttp.ClientRequest):
     tests/test_embed_cutover.py holds the backend to seeing only the client's headers.
     """
 
-    DEFAULT_HEADERS: dict[str, str] = {}  # noqa: RUF012 - replaces aiohttp's class attribute
+    DEFAULT_HEADERS: dict[istr, str] = {}  # noqa: RUF012 - replaces aiohttp's class attribute
     _NEVER_ADDED = CIMultiDict({"User-Agent": None, "Content-Type": None})
 
     def update_auto_headers(self, skip_auto_headers: object) -> None:
@@ -68,7 +68,8 @@ class BackendConnector(aiohttp.TCPConnector):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         # aiohttp builds every connection's protocol from this factory; no public option.
-        self._factory = functools.partial(ErrorClosingProtocol, loop=self._loop)
+        protocol: type[ResponseHandler] = ErrorClosingProtocol
+        self._factory = functools.partial(protocol, loop=self._loop)
 
 
 STALE_CONNECTION_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
@@ -89,7 +90,7 @@ class Upstream:
         self.base_urls: dict[Backend, str] = {b: settings.backend_url(b) for b in BACKENDS}
         self._sessions: dict[Backend, aiohttp.ClientSession] = {}
         self._fresh: dict[Backend, aiohttp.ClientSession] = {}
-        self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
+        self._timeouts: dict[tuple[float, float, float | None], aiohttp.ClientTimeout] = {}
 
     async def start(self) -> None:
         limit = self.settings.max_connections_per_backend

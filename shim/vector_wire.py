@@ -108,10 +108,11 @@ def _load(raw: bytes, field: str) -> tuple[dict[str, Any], int] | None:
             continue
         value = parsed[key]
         if isinstance(value, simdjson.Object):
-            value = value.as_dict()
+            document[key] = value.as_dict()
         elif isinstance(value, simdjson.Array):
-            value = value.as_list()
-        document[key] = value
+            document[key] = value.as_list()
+        else:
+            document[key] = value
     return document, rows
 
 
