@@ -58,12 +58,18 @@ class ParityStore:
         if append_lines(path, lines) > MAX_FILE_BYTES:
             os.replace(path, path.with_name(path.name + ".1"))
 
+    def identity(self) -> object:
+        """Each sample file's name and size: samples are only ever appended or rotated."""
+        if not self.directory.is_dir():
+            return ()
+        return tuple(sorted((p.name, p.stat().st_size) for p in self.directory.glob("*.jsonl*")))
+
     def samples(self, *, window_seconds: float) -> list[dict[str, Any]]:
         """Samples newer than the window, oldest first."""
         if not self.directory.is_dir():
             return []
         cutoff = time.time() - window_seconds
-        records = []
+        records: list[dict[str, Any]] = []
         self.unreadable = 0
         for path in self.directory.glob("*.jsonl*"):
             try:
@@ -92,7 +98,7 @@ class ParityStore:
 def sample_time(record: Mapping[str, Any]) -> float:
     """A sample's time; a record whose `ts` is not a number is too old to count."""
     ts = record.get("ts", 0)
-    return ts if isinstance(ts, int | float) else 0.0
+    return float(ts) if isinstance(ts, int | float) else 0.0
 
 
 @dataclass
@@ -370,7 +376,7 @@ def _worst_entry(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _floor(value: float, digits: int) -> float:
-    scale = 10**digits
+    scale = float(10**digits)
     return math.floor(value * scale) / scale
 
 

@@ -4,10 +4,10 @@ lives, and nothing more: no layer above it names a file.
 
 Two implementations: the state directory of one host (`shim.file_store.FileBackend`, with the
 workers' status files of `shim.workers.WorkerRegistry` and the parity files of
-`shim.parity.ParityStore`) and etcd for a fleet (`shim.etcd_store`). `shim.fleet.open_stores`
-picks one from the settings. Policy — checks, pins, the gate, plans, recovery of a corrupt state —
-stays above this line and is the same for both; tests/test_flag_store_conformance.py holds
-both implementations to one behaviour.
+`shim.parity.ParityStore`) and etcd for a fleet (`shim.etcd_store`, `shim.etcd_fleet`);
+`shim.fleet.open_stores` picks one from the settings. Policy — checks, pins, the gate,
+plans, recovery of a corrupt state — stays above this line and is the same for both;
+tests/test_flag_store_conformance.py holds both implementations to one behaviour.
 
 A commit is compare-and-swap: it lands only when the stored generation is still
 `expected`, and the new state and its audit records land in the same atomic step, so there
@@ -116,3 +116,8 @@ class Evidence(Protocol):
     unreadable: int
 
     def samples(self, *, window_seconds: float) -> list[dict[str, Any]]: ...
+
+    def identity(self) -> object:
+        """A cheap token that changes when `samples` may have (no sample is read), so a
+        reader that polls (the operator page) reads them again only then."""
+        ...

@@ -35,7 +35,7 @@ from starlette.staticfiles import StaticFiles
 
 from shim import metrics
 from shim.errors import Conflict, FlagError, FlagStoreUnavailable, ShimError
-from shim.flag_state import UNCHANGED, Unchanged
+from shim.flag_state import UNCHANGED, Change, Unchanged
 from shim.gate import GateDecision, gated_set
 from shim.sessions import (
     SESSION_SECONDS,
@@ -110,12 +110,7 @@ class Reader:
         return self._audit[1]
 
     def parity_records(self) -> list[dict[str, Any]]:
-        directory = self.context.parity.directory
-        identity = tuple(
-            sorted((p.name, p.stat().st_size) for p in directory.glob("*.jsonl*"))
-            if directory.is_dir()
-            else ()
-        )
+        identity = self.context.parity.identity()
         if identity != self._parity[0]:
             window = self.context.settings.parity_window_hours * 3600
             self._parity = (identity, self.context.parity.samples(window_seconds=window))
@@ -407,24 +402,29 @@ def ui_routes(context: AdminContext) -> list[BaseRoute]:
                 if action == "canary":
                     text = str(form.get("percent", "")).strip()
                     percent = int(text) if text.isdigit() else None
-                args = {
-                    "serve": update.get("serve"),
-                    "shadow": update.get("shadow"),
-                    "percent": percent,
-                    "actor": actor,
-                    "reason": reason,
-                    "expected_generation": expected,
-                }
-                decision, _ = await asyncio.to_thread(
-                    gated_set, settings, store, context.parity, endpoint, dry_run=True, **args
-                )
+
+                def gated(*, dry_run: bool) -> tuple[GateDecision, Change | None]:
+                    return gated_set(
+                        settings,
+                        store,
+                        context.parity,
+                        endpoint,
+                        serve=update.get("serve"),
+                        shadow=update.get("shadow"),
+                        percent=percent,
+                        actor=actor,
+                        reason=reason,
+                        force=force and not dry_run,
+                        dry_run=dry_run,
+                        expected_generation=expected,
+                    )
+
+                decision, _ = await asyncio.to_thread(gated, dry_run=True)
                 if not decision.allowed and not force:
                     return await page(
                         request, 412, refusal=refusal(decision), form_values=dict(form)
                     )
-                _, change = await asyncio.to_thread(
-                    gated_set, settings, store, context.parity, endpoint, force=force, **args
-                )
+                _, change = await asyncio.to_thread(gated, dry_run=False)
                 generation = change.generation if change else None
             else:
                 return refuse(request, 422, f"unknown action {action!r} for {endpoint!r}")
