@@ -90,7 +90,7 @@ class Applied:
 
 class WaitsForWorkers:
     """`applied` and the waits for it, for any registry that can list its `live()` workers
-    (the file registry below, etcd's in `shim.etcd_store`)."""
+    (the file registry below, etcd's in `shim.etcd_fleet`)."""
 
     def live(self) -> list[WorkerStatus]:
         raise NotImplementedError

@@ -13,7 +13,8 @@ import pytest
 from shim import etcd_store
 from shim.errors import FlagStoreUnavailable
 from shim.etcd import Etcd, b64, prefix_end
-from shim.etcd_store import EtcdBackend, EtcdEvidence
+from shim.etcd_fleet import EtcdEvidence
+from shim.etcd_store import EtcdBackend
 from shim.file_store import FileBackend
 from shim.flag_view import FlagView
 from shim.flags import FlagStore
