@@ -95,7 +95,7 @@ def audit_view(
 ) -> dict[str, Any]:
     """A page of the audit trail, newest first, optionally of one endpoint.
 
-    `records` are oldest first, as `flags.read_audit` returns them. Only the page is copied,
+    `records` are oldest first, as `FlagBackend.audit` returns them. Only the page is copied,
     so 10,000 records cost a filter and a slice.
     """
     chosen = records if endpoint is None else [r for r in records if r["endpoint"] == endpoint]
