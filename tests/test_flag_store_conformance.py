@@ -231,6 +231,15 @@ def test_the_audit_identity_changes_with_the_trail_and_only_with_it(spec: Spec) 
     assert reader.describe_audit()  # says where, for the CLI's warning about such lines
 
 
+def test_the_parity_evidence_says_when_its_samples_may_have_changed(spec: Spec) -> None:
+    stores = stores_of(spec)
+    before = stores.parity.identity()
+    assert stores.parity.identity() == before and stores.parity.samples(window_seconds=60) == []
+    stores.local_parity.append({"endpoint": "embed", "kind": "shadow", "ts": time.time()})
+    assert stores.parity.identity() != before
+    assert [r["endpoint"] for r in stores.parity.samples(window_seconds=60)] == ["embed"]
+
+
 def test_a_corrupt_state_is_never_served_and_a_write_repairs_it(spec: Spec) -> None:
     store = stores_of(spec).flags
     store.set("embed", serve="go", actor="t")
