@@ -114,7 +114,7 @@ class FlagStore:
         return FlagState(), "route defaults"
 
     def read_or_last_good(self) -> tuple[FlagState, FlagStateError | None]:
-        """The current state, or when the file is unusable the last good one and why."""
+        """The current state, or when it is unusable the last good one and why."""
         try:
             return self.read(), None
         except FlagStateError as exc:
@@ -188,7 +188,7 @@ class FlagStore:
         expected_generation: int | None = None,
     ) -> Change | None:
         """Change one endpoint's flag (fields left out keep their value); None if no change
-        (unless the file had to be repaired: a repair is always written).
+        (unless the stored state had to be repaired: a repair is always written).
 
         Raises as `plan` does, and Conflict when `expected_generation` is given and the
         state has moved past it. The parity gate is not checked here (see `shim.gate`), but
