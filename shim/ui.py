@@ -11,7 +11,7 @@ for a signed, expiring, HttpOnly, SameSite=Strict session cookie; every form car
 token bound to that session; a POST whose `Origin` is not the page's own is refused; every
 response carries a Content-Security-Policy allowing only this origin. Changes go through
 `gate.gated_set` / `FlagStore.rollback` with the generation the form was shown, like the CLI
-and the API.
+and the API. What the page reads, and when, is `shim.ui_read`; what it shows, `shim.ui_view`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -33,8 +31,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from shim import metrics
-from shim.errors import Conflict, FlagError, FlagStoreUnavailable, ShimError
+from shim.errors import Conflict, FlagError, ShimError
 from shim.flag_state import UNCHANGED, Change, Unchanged
 from shim.gate import GateDecision, gated_set
 from shim.sessions import (
@@ -45,15 +42,15 @@ from shim.sessions import (
     session_of,
     signing_key,
 )
+from shim.ui_read import Reader, guard_states
 from shim.ui_view import Inputs, evidence, rows_view
-from shim.views import audit_entry, audit_view, describe, flags_view, parity_view
+from shim.views import audit_entry, audit_view, describe
 
 if TYPE_CHECKING:
     from shim.admin import AdminContext
 
 HERE = Path(__file__).resolve().parent
 SESSION_COOKIE, CSRF_COOKIE = "shim_session", "shim_csrf"
-SPLIT_WINDOW_SECONDS = 60.0
 MAX_FORM_BYTES = 16 * 1024
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -82,95 +79,6 @@ templates = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
 )
 templates.filters["describe"] = describe
-
-
-# -- reading: the only I/O, in a thread -------------------------------------------------
-
-
-@dataclass
-class Reader:
-    """Reads the page's inputs; the audit trail and the parity samples are re-read only when
-    their files changed (a page polls every second; 10,000 audit lines take ~15 ms)."""
-
-    context: AdminContext
-    _audit: tuple[object, list[dict[str, Any]]] = (None, [])
-    _parity: tuple[object, list[dict[str, Any]]] = (None, [])
-    _counts: deque[tuple[float, dict[tuple[str, ...], float]]] = field(default_factory=deque)
-
-    def audit(self) -> list[dict[str, Any]]:
-        """The flag store's audit trail, oldest first, read again only when the store says
-        it changed (`audit_identity`); while the store cannot be reached, the last one read."""
-        backend = self.context.store.backend
-        try:
-            identity = backend.audit_identity()
-            if identity != self._audit[0]:
-                self._audit = (identity, backend.audit().records)
-        except FlagStoreUnavailable:
-            pass  # etcd away: the page shows the trail it last read
-        return self._audit[1]
-
-    def parity_records(self) -> list[dict[str, Any]]:
-        identity = self.context.parity.identity()
-        if identity != self._parity[0]:
-            window = self.context.settings.parity_window_hours * 3600
-            self._parity = (identity, self.context.parity.samples(window_seconds=window))
-        return self._parity[1]
-
-    def requests(self) -> tuple[dict[tuple[str, ...], float], float | None]:
-        """Requests by (endpoint, backend) over the last minute, from the snapshots this
-        worker took of `shim_requests_total`; since start until it has one a minute old."""
-        now = time.monotonic()
-        counts = metrics.totals("shim_requests_total", ("endpoint", "backend"))
-        self._counts.append((now, counts))
-        while len(self._counts) > 1 and self._counts[1][0] <= now - SPLIT_WINDOW_SECONDS:
-            self._counts.popleft()
-        then, old = self._counts[0]
-        if now - then < 5:
-            return counts, None
-        return {k: v - old.get(k, 0.0) for k, v in counts.items()}, now - then
-
-    def read(self, guard: dict[str, tuple[str, str]]) -> Inputs:
-        context = self.context
-        metrics.flush()
-        workers = context.workers.live()
-        records = self.parity_records()
-        requests, seconds = self.requests()
-        return Inputs(
-            flags=flags_view(
-                context.flags.state,
-                context.routes,
-                context.store.pins,
-                workers,
-                load_errors=context.flags.load_errors,
-            ),
-            parity=parity_view(
-                context.routes, records, window_hours=context.settings.parity_window_hours
-            ),
-            parity_records=records,
-            audit=self.audit(),
-            workers=workers,
-            requests=requests,
-            split_seconds=seconds,
-            fallbacks=metrics.totals("shim_fallbacks_total", ("endpoint",)),
-            guard=guard,
-        )
-
-
-def guard_states(context: AdminContext) -> dict[str, tuple[str, str]]:
-    """This worker's guard, per endpoint (on the loop: the guard's windows live there)."""
-    guard, states = context.guard, {}
-    for name, route in context.routes.routes.items():
-        flag = context.flags.effective(name).flag
-        if route.go_only or not route.guard.enabled:
-            states[name] = ("off", "disabled for this endpoint")
-        elif flag.serve != "go" and not flag.percent:
-            states[name] = ("idle", "watches only Go-served traffic")
-        elif guard is None:
-            states[name] = ("on", "")
-        else:
-            check = guard.check(name, route.guard, guard.clock())
-            states[name] = (check.status, check.reason)
-    return states
 
 
 # -- the routes -------------------------------------------------------------------------
