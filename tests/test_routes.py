@@ -45,7 +45,12 @@ def test_shipped_table_declares_the_eight_endpoints_of_the_contract() -> None:
     assert all(r.default == "rust" for r in table.routes.values() if not r.go_only)
     assert table["storage"].idempotent_methods == {"GET", "HEAD"}
     assert table["chat"].idempotent_methods == frozenset()
-    assert table["sql"].read_only_sql
+    sql = table[
+        "sql"
+    ]  # read-only statements only: the sql adapter's rule (Route.read_only_sql was)
+    assert sql.repeat_rule == "read-only statements"
+    assert sql.may_repeat({"sql": "select 1"}, "rust")
+    assert not sql.may_repeat({"query": "drop table workers"}, "go")
 
 
 @pytest.mark.parametrize(
