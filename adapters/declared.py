@@ -33,7 +33,7 @@ from typing import Any
 
 import jq
 
-from adapters.base import Dialect, JSONObject, Translation, require_object
+from adapters.base import JSON_DIFF, Dialect, JSONObject, Translation, require_object
 from adapters.errors import AdapterError, OptionsError
 
 REQUEST_PROGRAM: Mapping[tuple[Dialect, Dialect], str] = {
@@ -87,10 +87,15 @@ class Program:
 class JqAdapter:
     """Translates one declared endpoint with its jq programs; built per route, not shared.
 
-    Takes no `[routes.NAME.options]`: everything is in `[routes.NAME.jq]`.
+    Takes no `[routes.NAME.options]`: everything is in `[routes.NAME.jq]`. Compared by JSON
+    diff in the client's dialect; what it loses is the route table's own words; every
+    request of an idempotent method may be repeated; its probe samples are its request
+    examples.
     """
 
     name = "jq"
+    comparing = JSON_DIFF
+    repeat_rule: str | None = None
 
     def __init__(
         self, route: str, programs: Mapping[str, Program], lossy: Mapping[str, str]
@@ -98,7 +103,9 @@ class JqAdapter:
         self.route = route
         self.programs = dict(programs)
         self.lossy = dict(lossy)
+        self.loss_descriptions: Mapping[str, str] = {text: text for text in self.lossy.values()}
         self.examples = 0  # how many examples were checked when it was declared
+        self.requests: list[Mapping[Dialect, JSONObject]] = []  # the request examples
 
     @classmethod
     def declare(cls, route: str, table: Mapping[str, Any], *, examples: Sequence[Any]) -> JqAdapter:
@@ -118,6 +125,11 @@ class JqAdapter:
         }
         adapter = cls(route, programs, parse_lossy(table.get("lossy", {})))
         adapter.examples = check_examples(adapter, examples)
+        adapter.requests = [
+            {"rust": example["rust"], "go": example["go"]}
+            for example in examples
+            if example["kind"] == "request"
+        ]
         return adapter
 
     def parse_options(self, raw: Mapping[str, Any]) -> None:
@@ -162,6 +174,21 @@ class JqAdapter:
         keys = (REQUEST_PROGRAM[client, backend], ANSWER_PROGRAM[client, backend])
         lost = [self.lossy[key] for key in keys if key in self.lossy]
         return ", ".join(lost) or None
+
+    def may_repeat(self, request: Any, *, client: Dialect, options: None) -> bool:
+        return True
+
+    def samples(self, count: int, *, client: Dialect, options: None) -> list[JSONObject]:
+        """The route table's request examples in the client's dialect, in turn.
+
+        >>> rerank = JqAdapter.declare("rerank", {}, examples=[
+        ...     {"kind": "request", "rust": {"q": 1}, "go": {"q": 1}}])
+        >>> rerank.samples(2, client="go", options=None)
+        [{'q': 1}, {'q': 1}]
+        """
+        if not self.requests:
+            return []
+        return [dict(self.requests[i % len(self.requests)][client]) for i in range(count)]
 
 
 def compile_program(where: str, source: Any, *, field: str) -> Program:

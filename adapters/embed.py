@@ -23,12 +23,14 @@ import numpy as np
 
 from adapters.base import (
     DIALECTS,
+    Comparing,
     Dialect,
     JSONObject,
     Translation,
     passthrough_fields,
     require,
     require_object,
+    sample_phrase,
 )
 from adapters.errors import OptionsError, ShapeError
 from adapters.vectors import VECTOR_TYPES, VectorType, as_matrix, to_unit_rows
@@ -51,6 +53,11 @@ class EmbedAdapter:
     """Renames the vector and dimension fields, normalises, and pins the default model."""
 
     name = "embed"
+    comparing = Comparing("cosine", field=VECTORS_FIELD)
+    loss_descriptions: Mapping[str, str] = {
+        "magnitude": "raw vector magnitudes (Rust answers only unit-L2 vectors)"
+    }
+    repeat_rule: str | None = None
 
     def parse_options(self, raw: Mapping[str, Any]) -> EmbedOptions:
         unknown = set(raw) - {"default_model", "normalize_go_face", "vector_type"}
@@ -140,7 +147,15 @@ class EmbedAdapter:
         return None
 
     def compared_in(self, client: Dialect) -> Dialect:
-        return "rust"  # the cosine comparator reads `embeddings`
+        return "rust"  # unit rows on both sides: the cosine is read from `embeddings`
+
+    def may_repeat(self, request: Any, *, client: Dialect, options: EmbedOptions) -> bool:
+        return True
+
+    def samples(self, count: int, *, client: Dialect, options: EmbedOptions) -> list[JSONObject]:
+        """Two texts a request, one phrase apart (`{"texts": [p, p + " certified"]}`)."""
+        phrases = (sample_phrase(index) for index in range(count))
+        return [{"texts": [phrase, f"{phrase} certified"]} for phrase in phrases]
 
 
 EMBED = EmbedAdapter()

@@ -1,4 +1,6 @@
-"""Adapter names, as the route table spells them, mapped to their implementations."""
+"""The built-in adapters' names, as the route table spells them, mapped to their
+implementations. An adapter of your own needs no entry here: the route table names it as
+`package.module:ATTRIBUTE` (shim/routes.py imports it)."""
 
 from __future__ import annotations
 
@@ -12,9 +14,4 @@ from adapters.sql import SQL
 
 ADAPTERS: Mapping[str, Adapter] = {
     adapter.name: adapter for adapter in (EMBED, VECTORS_SEARCH, RETRIEVE, SQL, CHAT)
-}
-
-LOSS_DESCRIPTIONS: Mapping[str, str] = {
-    "magnitude": "raw vector magnitudes (Rust answers only unit-L2 vectors)",
-    "column-types": 'column types (Rust does not report them; sent as "unknown")',
 }

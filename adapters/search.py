@@ -8,10 +8,13 @@ endpoints differ only in what their requests carry (`index` + `vector`, or `quer
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
+
 from adapters.base import (
+    Comparing,
     Dialect,
     JSONObject,
     RenamingAdapter,
@@ -19,6 +22,7 @@ from adapters.base import (
     passthrough_fields,
     require,
     require_object,
+    sample_phrase,
 )
 from adapters.errors import ShapeError
 from adapters.vectors import as_matrix
@@ -26,6 +30,8 @@ from adapters.vectors import as_matrix
 K_FIELD: Mapping[Dialect, str] = {"rust": "k", "go": "top_k"}
 HITS_FIELD: Mapping[Dialect, str] = {"rust": "results", "go": "hits"}
 RANK_FIELD: Mapping[Dialect, str] = {"rust": "score", "go": "distance"}
+SAMPLE_K = 5
+SAMPLE_DIMENSIONS = 768  # nomic-embed-text's, the contract's default embed model
 
 
 def translate_hit(hit: Any, *, client: Dialect, backend: Dialect, field: str) -> JSONObject:
@@ -45,11 +51,27 @@ def translate_hit(hit: Any, *, client: Dialect, backend: Dialect, field: str) ->
 
 
 class SearchAdapter(RenamingAdapter):
-    """Shared by vector search and hybrid retrieve; `query_fields` are checked per request."""
+    """Shared by vector search and hybrid retrieve; `query_fields` are checked per request,
+    `sample_query` gives a probe sample's query fields for a phrase."""
 
-    def __init__(self, name: str, query_fields: Mapping[str, tuple[type, str]]) -> None:
+    comparing = Comparing("ranking", field=HITS_FIELD, score=RANK_FIELD)
+
+    def __init__(
+        self,
+        name: str,
+        query_fields: Mapping[str, tuple[type, str]],
+        sample_query: Callable[[str], JSONObject],
+    ) -> None:
         self.name = name
         self.query_fields = query_fields
+        self.sample_query = sample_query
+
+    def samples(self, count: int, *, client: Dialect, options: None) -> list[JSONObject]:
+        """One query a phrase, the top five hits asked for in the client's own `k` field."""
+        return [
+            {**self.sample_query(sample_phrase(index)), K_FIELD[client]: SAMPLE_K}
+            for index in range(count)
+        ]
 
     def translate_request(
         self, body: Any, *, client: Dialect, backend: Dialect, options: None
@@ -87,7 +109,17 @@ class SearchAdapter(RenamingAdapter):
         return Translation(translated)
 
 
+def sample_vector(phrase: str) -> list[float]:
+    """A unit vector drawn from a generator seeded by the phrase: the same on every run, so
+    both backends are asked the same search (any vector will do to compare them)."""
+    generator = np.random.default_rng(list(phrase.encode()))
+    vector = generator.standard_normal(SAMPLE_DIMENSIONS)
+    return [float(value) for value in vector / np.linalg.norm(vector)]
+
+
 VECTORS_SEARCH = SearchAdapter(
-    "vectors_search", {"index": (str, "a string"), "vector": (list, "a list of numbers")}
+    "vectors_search",
+    {"index": (str, "a string"), "vector": (list, "a list of numbers")},
+    lambda phrase: {"index": "workers", "vector": sample_vector(phrase)},
 )
-RETRIEVE = SearchAdapter("retrieve", {"query": (str, "a string")})
+RETRIEVE = SearchAdapter("retrieve", {"query": (str, "a string")}, lambda phrase: {"query": phrase})

@@ -66,9 +66,36 @@ def column_names(columns: list[Any], *, backend: Dialect) -> list[str]:
 
 
 class SqlAdapter(RenamingAdapter):
-    """Renames the statement field and converts the column list."""
+    """Renames the statement field and converts the column list; only read-only statements
+    are shadowed or retried."""
 
     name = "sql"
+    loss_descriptions: Mapping[str, str] = {
+        "column-types": 'column types (Rust does not report them; sent as "unknown")'
+    }
+    repeat_rule: str | None = "read-only statements"
+
+    def may_repeat(self, request: Any, *, client: Dialect, options: None) -> bool:
+        """Only a read-only statement (`is_read_only`) may run twice.
+
+        >>> SQL.may_repeat({"query": "select 1"}, client="go", options=None)
+        True
+        >>> SQL.may_repeat({"sql": "delete from workers"}, client="rust", options=None)
+        False
+        """
+        statement = statement_of(request, client)
+        return statement is not None and is_read_only(statement)
+
+    def samples(self, count: int, *, client: Dialect, options: None) -> list[JSONObject]:
+        """Read-only statements over the `workers` table, a different bound each."""
+        return [
+            {
+                STATEMENT_FIELD[client]: (
+                    f"select id, role, years from workers where years > {index % 20} limit 10"
+                )
+            }
+            for index in range(count)
+        ]
 
     def translate_request(
         self, body: Any, *, client: Dialect, backend: Dialect, options: None

@@ -52,13 +52,15 @@ def l2_normalize(matrix: np.ndarray) -> np.ndarray:
     if matrix.size:
         norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix))
         if np.all((norms > _SAFE_NORM[0]) & (norms < _SAFE_NORM[1])):
-            return matrix / norms[:, None]  # the common case: one pass, no rescaling
+            unit: np.ndarray = matrix / norms[:, None]  # the common case: one pass, no rescaling
+            return unit
     # Zero rows, or rows whose squares would underflow (near 1e-160) or overflow (near
     # 1e160): scale each row by its largest magnitude first, then normalise.
     scale = np.max(np.abs(matrix), axis=1, keepdims=True) if matrix.size else np.ones((0, 1))
     scaled = np.divide(matrix, scale, out=np.zeros_like(matrix), where=scale > 0)
     norms = np.linalg.norm(scaled, axis=1, keepdims=True)
-    return np.divide(scaled, norms, out=np.zeros_like(matrix), where=norms > 0)
+    rescaled: np.ndarray = np.divide(scaled, norms, out=np.zeros_like(matrix), where=norms > 0)
+    return rescaled
 
 
 VectorType = Literal["float32", "float64"]
@@ -105,10 +107,12 @@ def to_unit_rows(matrix: np.ndarray, vector_type: VectorType) -> np.ndarray | No
         return l2_normalize(matrix)
     low, high = _SAFE_FLOAT32_NORM
     if np.all((norms > low) & (norms < high)):  # False for inf and NaN too
-        return carried / norms.astype(kind)[:, None]
+        unit: np.ndarray = carried / norms.astype(kind)[:, None]
+        return unit
     return l2_normalize(matrix.astype(np.float64, copy=False)).astype(kind)
 
 
 def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine similarity of matching rows of two equal-shape matrices (zero rows give 0)."""
-    return np.einsum("ij,ij->i", l2_normalize(a), l2_normalize(b))
+    cosines: np.ndarray = np.einsum("ij,ij->i", l2_normalize(a), l2_normalize(b))
+    return cosines

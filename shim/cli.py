@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from adapters.declared import ANSWER_PROGRAM, PROGRAM_KEYS, REQUEST_PROGRAM, JqAdapter
-from adapters.registry import LOSS_DESCRIPTIONS
 from shim import __version__
 from shim.errors import ConfigError, FlagError, FlagStateError, ShimError, UnknownEndpoint
 from shim.flag_state import Flag, check_pins
@@ -716,8 +715,8 @@ def explain_routes(routes: RouteTable) -> str:
         adapter = route.adapter.name if route.adapter else "none (bytes)"
         if not route.idempotent_methods:
             idempotent = "no"
-        elif route.read_only_sql:
-            idempotent = "read-only statements"
+        elif route.repeat_rule is not None:
+            idempotent = route.repeat_rule
         else:
             idempotent = ", ".join(sorted(route.idempotent_methods))
         kind = "Go-only" if route.go_only else f"default {route.default}"
@@ -734,7 +733,7 @@ def explain_routes(routes: RouteTable) -> str:
                         how += f" ({', '.join(pair)})"
                     loss = route.losses(client, backend)
                     if loss:
-                        how += f"; loses {LOSS_DESCRIPTIONS.get(loss, loss)} (X-Shim-Lossy: {loss})"
+                        how += f"; loses {route.describe_loss(loss)} (X-Shim-Lossy: {loss})"
                 else:
                     how = "streamed untouched" + ("" if client == backend else " (path rewritten)")
                 lines.append(f"  {client:<4} client <- {backend:<4} backend: {how}")

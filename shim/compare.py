@@ -1,7 +1,8 @@
-"""Comparing two backends' answers to one request, both already in the Rust dialect.
+"""Comparing two backends' answers to one request, both already in one dialect.
 
 Pure functions (no I/O): the shadow task and the on-demand probe call them, the parity
-store keeps what they return. Three comparators:
+store keeps what they return. Three comparators, each endpoint's named by its adapter
+(`Adapter.comparing`, with the fields it reads):
 
 - `cosine` (embed): same count and dimension, per-vector cosine (magnitude-invariant);
 - `ranking` (search, retrieve): recall@k of ids, rank agreement, score drift;
@@ -62,6 +63,7 @@ class Comparison:
     one_sided: dict[Side, dict[str, list[Any]]] = field(
         default_factory=lambda: {"rust": {}, "go": {}}
     )
+    judged: str | None = None  # the list the metric judged (the vectors, the hits)
 
     def keep_one_sided(self, side: Side, path: str, value: Any) -> None:
         """The leaf values of a field seen on `side` only, appended to its columns."""
@@ -132,15 +134,21 @@ def compare(
     *,
     tolerance: float = 1e-6,
     ignore: Iterable[str] = (),
-    vectors_field: str = "embeddings",
-    hits_field: str = "results",
+    field: str | None = None,
+    score: str | None = None,
 ) -> Comparison:
-    """Compare two Rust-dialect answers with the endpoint's comparator."""
+    """Compare two answers in one dialect with the endpoint's comparator.
+
+    `field` is the list the metric reads (cosine: the vectors, ranking: the hits), `score`
+    each hit's number (ranking), as the adapter names them (`Adapter.comparing`); left out,
+    they are embed's and search's Rust fields (`embeddings`; `results`, `score`).
+    """
     ignored = tuple(ignore)
     if comparator == "cosine":
-        return _compare_vectors(rust, go, vectors_field, tolerance, ignored)
+        return _compare_vectors(rust, go, field or "embeddings", tolerance, ignored)
     if comparator == "ranking":
-        return _compare_rankings(rust, go, hits_field, tolerance, ignored)
+        fields = (field or "results", score or "score")
+        return _compare_rankings(rust, go, fields, tolerance, ignored)
     result = Comparison(comparator)
     diff_json(rust, go, "$", result, tolerance=tolerance, ignore=ignored)
     return result
@@ -178,7 +186,7 @@ def percentiles(values: np.ndarray, points: tuple[float, ...]) -> list[float]:
 def _compare_vectors(
     rust: Any, go: Any, vectors_field: str, tolerance: float, ignore: tuple[str, ...]
 ) -> Comparison:
-    result = Comparison("cosine")
+    result = Comparison("cosine", judged=vectors_field)
     a = np.asarray(rust.get(vectors_field, []), dtype=np.float64)
     b = np.asarray(go.get(vectors_field, []), dtype=np.float64)
     if a.shape != b.shape:
@@ -203,9 +211,10 @@ def _compare_vectors(
 
 
 def _compare_rankings(
-    rust: Any, go: Any, hits_field: str, tolerance: float, ignore: tuple[str, ...]
+    rust: Any, go: Any, fields: tuple[str, str], tolerance: float, ignore: tuple[str, ...]
 ) -> Comparison:
-    result = Comparison("ranking")
+    hits_field, score_field = fields
+    result = Comparison("ranking", judged=hits_field)
     rust_hits = [h for h in rust.get(hits_field, []) if isinstance(h, dict)]
     go_hits = [h for h in go.get(hits_field, []) if isinstance(h, dict)]
     rust_ids = [h.get("id") for h in rust_hits]
@@ -215,8 +224,8 @@ def _compare_rankings(
     result.metrics["recall"] = len(common) / k if rust_ids else (1.0 if not go_ids else 0.0)
     same_rank = sum(1 for a, b in zip(rust_ids, go_ids, strict=False) if a == b)
     result.metrics["rank_agreement"] = same_rank / k if rust_ids else 1.0
-    rust_scores = {h.get("id"): h.get("score") for h in rust_hits}
-    go_scores = {h.get("id"): h.get("score") for h in go_hits}
+    rust_scores: dict[Any, Any] = {h.get("id"): h.get(score_field) for h in rust_hits}
+    go_scores: dict[Any, Any] = {h.get("id"): h.get(score_field) for h in go_hits}
     drifts = [
         abs(float(rust_scores[i]) - float(go_scores[i]))
         for i in common
@@ -236,7 +245,10 @@ def _compare_rankings(
     if result.metrics["score_drift"] > tolerance:
         result.differences.append(
             Difference(
-                f"$.{hits_field}[].score", "value_changed", None, result.metrics["score_drift"]
+                f"$.{hits_field}[].{score_field}",
+                "value_changed",
+                None,
+                result.metrics["score_drift"],
             )
         )
     # Field drift inside hits: compare the sets of keys each side's hits carry.
@@ -345,7 +357,7 @@ def _short(value: Any) -> Any:
 BLOCKING_KINDS = frozenset({"value_changed", "type_changed", "length", "status", "error"})
 
 
-def blocking(comparison: Comparison, *, hits_field: str = "results") -> list[Difference]:
+def blocking(comparison: Comparison) -> list[Difference]:
     """Differences that fail a comparison (metrics aside).
 
     For `json` and `bytes` every difference counts. For `cosine` and `ranking` the metric
@@ -354,9 +366,10 @@ def blocking(comparison: Comparison, *, hits_field: str = "results") -> list[Dif
     """
     if comparison.comparator in ("json", "bytes"):
         return list(comparison.differences)
+    hits = f"$.{comparison.judged}"
     return [
         d
         for d in comparison.differences
         if d.kind in BLOCKING_KINDS
-        and not (comparison.comparator == "ranking" and d.path.startswith(f"$.{hits_field}"))
+        and not (comparison.comparator == "ranking" and d.path.startswith(hits))
     ]

@@ -1,15 +1,14 @@
 """`shim parity probe`: the same requests to both backends directly, compared now.
 
 The seed's `embed_parity.sh`, built in: no shadow traffic needed, no flag changed. Inputs
-are JSON lines of request bodies in one dialect (`--input`), or, for rehearsals against the
-reference backends, a few built-in requests per endpoint.
+are JSON lines of request bodies in one dialect (`--input`), or, for rehearsals, the samples
+the endpoint's adapter gives (`Adapter.samples`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,46 +22,15 @@ from shim.shadow import Capture, Shadower, UnShadowable, judge_sample, other, sh
 from shim.types import Backend
 from shim.upstream import Upstream
 
-PHRASES = (
-    "forklift operator",
-    "CNC operator night shift",
-    "warehouse associate Dayton",
-    "quality inspector with 10 years experience",
-    "welder weekend shift",
-    "shipping clerk",
-    "maintenance technician Toledo",
-    "machine operator swing shift",
-)
 
-
-def builtin_requests(route: Route, face: Backend, count: int) -> Iterator[dict[str, Any]]:
-    """Rehearsal inputs matching the reference backends' corpus."""
-    from shim.reference.embedding import unit_embedding
-
-    k_field = "k" if face == "rust" else "top_k"
-    for index in range(count):
-        phrase = PHRASES[index % len(PHRASES)] + ("" if index < len(PHRASES) else f" {index}")
-        if route.name == "embed":
-            yield {"texts": [phrase, f"{phrase} certified"]}
-        elif route.name == "vectors_search":
-            vector = unit_embedding(phrase, "nomic-embed-text").tolist()
-            yield {"index": "workers", "vector": vector, k_field: 5}
-        elif route.name == "retrieve":
-            yield {"query": phrase, k_field: 5}
-        elif route.name == "rerank":  # the endpoint config/routes.toml declares with jq
-            documents = list(PHRASES)
-            yield {
-                "query": phrase,
-                "documents" if face == "rust" else "docs": documents,
-                "top_n" if face == "rust" else "k": 3,
-            }
-        elif route.name == "sql":
-            statement = f"select id, role, years from workers where years > {index % 20} limit 10"
-            yield {"sql" if face == "rust" else "query": statement}
-        else:
-            raise ConfigError(
-                f"no built-in probe requests for {route.name}: pass --input FILE", key="--input"
-            )
+def builtin_requests(route: Route, face: Backend, count: int) -> list[dict[str, Any]]:
+    """Rehearsal inputs in `face`'s dialect: the endpoint's adapter's samples."""
+    requests = route.samples(face, count)
+    if not requests:
+        raise ConfigError(
+            f"no built-in probe requests for {route.name}: pass --input FILE", key="--input"
+        )
+    return requests
 
 
 def unprobeable(route: Route) -> str | None:

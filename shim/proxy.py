@@ -23,7 +23,6 @@ import orjson
 from yarl import URL
 
 from adapters.errors import AdapterError
-from adapters.sql import is_read_only, statement_of
 from shim import headers as header_policy
 from shim import metrics
 from shim.admission import Admission, GradientLimit, LoopLag, Shed
@@ -266,7 +265,7 @@ class Proxy:
         return canary_backend(endpoint, caller, percent)
 
     def _may_fall_back(self, call: Call) -> bool:
-        """Idempotent, both backends, body still at hand, SQL only read-only, budget left."""
+        """Idempotent, both backends, body still at hand, the adapter agrees, budget left."""
         return (
             self._replayable(call, count=True)
             and not call.match.route.go_only
@@ -274,18 +273,19 @@ class Proxy:
         )
 
     def _replayable(self, call: Call, *, count: bool = False) -> bool:
-        """May this request be sent again: idempotent, body at hand, SQL only read-only."""
+        """May this request be sent again: idempotent, body at hand, and where the adapter
+        has a rule (SQL: read-only statements), this request passes it."""
         route, ex = call.match.route, call.ex
         if ex.method not in route.idempotent_methods or not isinstance(call.body, bytes | None):
             if count:
                 metrics.FALLBACKS_DENIED.labels(route.name, "not_retryable").inc()
             return False
-        if route.read_only_sql:
+        if route.repeat_rule is not None:
             try:
-                statement = statement_of(orjson.loads(call.body or b""), call.match.client)
+                request = orjson.loads(call.body or b"")
             except orjson.JSONDecodeError:
-                statement = None
-            if statement is None or not is_read_only(statement):
+                request = None
+            if not route.may_repeat(request, call.match.client):
                 if count:
                     metrics.FALLBACKS_DENIED.labels(route.name, "not_read_only").inc()
                 return False

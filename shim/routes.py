@@ -7,6 +7,7 @@ into a dot-segment on the way.
 
 from __future__ import annotations
 
+import importlib
 import re
 import tomllib
 from collections.abc import Mapping
@@ -14,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from adapters.base import Adapter
+from adapters.base import ADAPTER_MEMBERS, JSON_DIFF, Adapter, Comparing, JSONObject
 from adapters.declared import JqAdapter
 from adapters.errors import OptionsError
 from adapters.registry import ADAPTERS
+from shim.compare import Comparator
 from shim.errors import ConfigError
 from shim.types import BACKENDS, Backend
 
@@ -50,14 +52,13 @@ class Face:
 
 
 COMPARATORS = ("cosine", "ranking", "json", "bytes")
-DEFAULT_COMPARATOR = {"embed": "cosine", "vectors_search": "ranking", "retrieve": "ranking"}
 
 
 @dataclass(frozen=True, slots=True)
 class ParityPolicy:
     """How shadow answers are compared and judged for one endpoint (`[routes.X.parity]`)."""
 
-    comparator: str = "json"
+    comparator: Comparator = "json"
     min_samples: int = 20
     min_cosine: float = 0.9999
     min_recall: float = 0.95
@@ -91,7 +92,6 @@ class Route:
     adapter: Adapter | None
     options: Any
     idempotent_methods: frozenset[str]
-    read_only_sql: bool
     connect_timeout: float | None
     read_timeout: float | None
     total_timeout: float | None = None
@@ -113,6 +113,28 @@ class Route:
     def may_shadow(self, method: str) -> bool:
         return method in self.idempotent_methods
 
+    @property
+    def repeat_rule(self) -> str | None:
+        """The adapter's rule for which requests may be sent twice (None: all of an
+        idempotent method); only with one is a body parsed to ask `may_repeat`."""
+        return None if self.adapter is None else self.adapter.repeat_rule
+
+    def may_repeat(self, request: Any, client: Backend) -> bool:
+        """The adapter's judgement of one parsed request (its method already idempotent)."""
+        if self.adapter is None or self.adapter.repeat_rule is None:
+            return True
+        return self.adapter.may_repeat(request, client=client, options=self.options)
+
+    @property
+    def comparing(self) -> Comparing:
+        return JSON_DIFF if self.adapter is None else self.adapter.comparing
+
+    def samples(self, client: Backend, count: int) -> list[JSONObject]:
+        """The adapter's probe requests in `client`'s dialect ([] without an adapter)."""
+        if self.adapter is None:
+            return []
+        return self.adapter.samples(count, client=client, options=self.options)
+
     def needs_rewrite(self, client: Backend, backend: Backend) -> bool:
         """The one decision between streaming bytes untouched and parsing the body."""
         if self.adapter is None:
@@ -123,6 +145,10 @@ class Route:
         if self.adapter is None:
             return None
         return self.adapter.losses(client=client, backend=backend, options=self.options)
+
+    def describe_loss(self, loss: str) -> str:
+        """What an X-Shim-Lossy value means, in the adapter's words (else the value)."""
+        return self.adapter.loss_descriptions.get(loss, loss) if self.adapter else loss
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,14 +235,12 @@ def _parse_route(name: str, spec: Any) -> Route:
     if default not in faces:
         raise ConfigError(f"must be one of {sorted(faces)}", key=f"{key}.default")
     adapter_name = spec.get("adapter", "none")
-    adapter = None if adapter_name == "none" else ADAPTERS.get(adapter_name)
     if adapter_name == "jq":
-        adapter = _declared_adapter(name, spec, key)
+        adapter: Adapter | None = _declared_adapter(name, spec, key)
     elif declared := sorted(set(spec) & _DECLARED_KEYS):
         raise ConfigError('only an adapter = "jq" endpoint takes this', key=f"{key}.{declared[0]}")
-    if adapter_name != "none" and adapter is None:
-        choices = ", ".join(["none", "jq", *sorted(ADAPTERS)])
-        raise ConfigError(f"unknown adapter {adapter_name!r} ({choices})", key=f"{key}.adapter")
+    else:
+        adapter = _named_adapter(adapter_name, f"{key}.adapter")
     options_spec = spec.get("options", {})
     if not isinstance(options_spec, Mapping):
         raise ConfigError("must be a table", key=f"{key}.options")
@@ -227,7 +251,7 @@ def _parse_route(name: str, spec: Any) -> Route:
     except OptionsError as exc:
         raise ConfigError(exc.message, key=f"{key}.options.{exc.field}") from None
     methods = frozenset().union(*(face.methods for face in faces.values()))
-    idempotent_methods, read_only_sql = _parse_idempotent(spec.get("idempotent"), methods, key)
+    idempotent_methods = _parse_idempotent(spec.get("idempotent"), methods, adapter, key)
     return Route(
         name=name,
         faces=faces,
@@ -235,12 +259,11 @@ def _parse_route(name: str, spec: Any) -> Route:
         adapter=adapter,
         options=options,
         idempotent_methods=idempotent_methods,
-        read_only_sql=read_only_sql,
         connect_timeout=_seconds(spec, "connect_timeout", key),
         read_timeout=_seconds(spec, "read_timeout", key),
         total_timeout=_seconds(spec, "total_timeout", key),
         queue_timeout=_seconds(spec, "queue_timeout", key),
-        parity=_parse_parity(spec.get("parity", {}), adapter_name, f"{key}.parity"),
+        parity=_parse_parity(spec.get("parity", {}), adapter, f"{key}.parity"),
         guard=_parse_guard(spec.get("guard", {}), f"{key}.guard"),
         fallback_on=_parse_fallback_on(spec.get("fallback_on"), f"{key}.fallback_on"),
         json_body=_parse_body(spec.get("body", "json"), adapter is not None, f"{key}.body"),
@@ -264,7 +287,40 @@ def _parse_body(value: Any, has_adapter: bool, key: str) -> bool:
         raise ConfigError(f"must be one of {', '.join(BODY_KINDS)}", key=key)
     if value == "bytes" and has_adapter:
         raise ConfigError("a route with an adapter translates JSON: it cannot be bytes", key=key)
-    return value == "json"
+    return bool(value == "json")
+
+
+def _named_adapter(name: Any, key: str) -> Adapter | None:
+    """`none`, a built-in adapter's name, or `package.module:ATTRIBUTE` for one of your own
+    (imported once, here, like uvicorn's `module:app`)."""
+    if name == "none":
+        return None
+    if not isinstance(name, str):
+        raise ConfigError("must be a string", key=key)
+    if ":" not in name:
+        if name not in ADAPTERS:
+            choices = ", ".join(["none", "jq", *sorted(ADAPTERS)])
+            raise ConfigError(
+                f"unknown adapter {name!r} ({choices}, or package.module:ATTRIBUTE)", key=key
+            )
+        return ADAPTERS[name]
+    module_name, _, attribute = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"cannot import {module_name!r} ({exc}): is it installed, or on PYTHONPATH?", key=key
+        ) from None
+    adapter = getattr(module, attribute, None)
+    if adapter is None:
+        raise ConfigError(f"{module_name} has no {attribute!r}", key=key)
+    missing = [member for member in ADAPTER_MEMBERS if not hasattr(adapter, member)]
+    if missing:
+        raise ConfigError(
+            f"{name} is not an adapter (adapters/base.py): it lacks {', '.join(missing)}",
+            key=key,
+        )
+    return adapter  # type: ignore[no-any-return]  # checked member by member just above
 
 
 def _declared_adapter(name: str, spec: Mapping[str, Any], key: str) -> JqAdapter:
@@ -304,18 +360,19 @@ def _parse_guard(spec: Any, key: str) -> GuardPolicy:
     return GuardPolicy(**values)
 
 
-def _parse_parity(spec: Any, adapter_name: str, key: str) -> ParityPolicy:
+def _parse_parity(spec: Any, adapter: Adapter | None, key: str) -> ParityPolicy:
     if not isinstance(spec, Mapping):
         raise ConfigError("must be a table", key=key)
-    default = DEFAULT_COMPARATOR.get(adapter_name, "bytes" if adapter_name == "none" else "json")
+    default = "bytes" if adapter is None else adapter.comparing.comparator
     values: dict[str, Any] = {"comparator": spec.get("comparator", default)}
     if values["comparator"] not in COMPARATORS:
         raise ConfigError(f"must be one of {list(COMPARATORS)}", key=f"{key}.comparator")
-    if adapter_name == "jq" and values["comparator"] not in ("json", "bytes"):
-        # Compared in the client's dialect, whose field names only the route table knows.
-        raise ConfigError(
-            'a jq endpoint is compared with "json" or "bytes"', key=f"{key}.comparator"
-        )
+    allowed = dict.fromkeys((default, "json", "bytes"))
+    if values["comparator"] not in allowed:
+        # Cosine and ranking read fields (the vectors, the hits) only the adapter names.
+        choices = " or ".join(f'"{c}"' for c in allowed)
+        what = "a jq endpoint" if isinstance(adapter, JqAdapter) else f"adapter {default}"
+        raise ConfigError(f"{what} is compared with {choices}", key=f"{key}.comparator")
     bounds = {
         "min_cosine": (-1.0, 1.0),
         "min_recall": (0.0, 1.0),
@@ -380,15 +437,28 @@ def _compile(template: str, key: str) -> re.Pattern[str] | None:
     return re.compile(pattern + re.escape(rest))
 
 
-def _parse_idempotent(value: Any, methods: frozenset[str], key: str) -> tuple[frozenset[str], bool]:
+def _parse_idempotent(
+    value: Any, methods: frozenset[str], adapter: Adapter | None, key: str
+) -> frozenset[str]:
+    """The methods that may be repeated; which requests of them is the adapter's rule.
+
+    `"read-only"` is every method, written where the adapter judges each request (SQL): it
+    says in the table what the adapter does, and is refused where no adapter would.
+    """
     if value is True:
-        return methods, False
+        return methods
     if value is False or value is None:
-        return frozenset(), False
+        return frozenset()
     if value == READ_ONLY:
-        return methods, True
+        if adapter is None or adapter.repeat_rule is None:
+            raise ConfigError(
+                '"read-only" needs an adapter that judges each request (sql); use true, '
+                "false or a list of methods",
+                key=f"{key}.idempotent",
+            )
+        return methods
     if isinstance(value, list) and set(value) <= methods:
-        return frozenset(value), False
+        return frozenset(value)
     raise ConfigError(
         'must be true, false, "read-only" or a list of the route\'s methods',
         key=f"{key}.idempotent",

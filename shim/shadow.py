@@ -22,7 +22,6 @@ import orjson
 from yarl import URL
 
 from adapters.errors import AdapterError
-from adapters.sql import is_read_only, statement_of
 from shim import metrics
 from shim.compare import (
     Comparison,
@@ -278,7 +277,8 @@ class Shadower:
 
 
 class UnShadowable(Exception):
-    """This request cannot be mirrored (not read-only, not translatable)."""
+    """This request cannot be mirrored (its adapter says no to repeating it, or it does not
+    translate)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -294,10 +294,8 @@ def shadow_payload(capture: Capture) -> bytes | None:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise UnShadowable("untranslatable") from None
-    if route.read_only_sql:
-        statement = statement_of(document, capture.client)
-        if statement is None or not is_read_only(statement):
-            raise UnShadowable("not_read_only")
+    if not route.may_repeat(document, capture.client):
+        raise UnShadowable("not_read_only")  # the metric's reason, as the README lists it
     target = other(capture.primary)
     if capture.client == target:
         return body
@@ -341,9 +339,10 @@ def compare_pair(route: Route, first: Answer, second: Answer, *, client: Backend
     (rust_from, rust_status, rust_body), (go_from, go_status, go_body) = first, second
     if rust_status != go_status:
         return status_difference(rust_status, go_status)
+    comparator = route.parity.comparator
     if not 200 <= rust_status < 300:
-        return Comparison(route.parity.comparator)  # the same error on both sides
-    if route.adapter is None or route.parity.comparator == "bytes":
+        return Comparison(comparator)  # the same error on both sides
+    if route.adapter is None or comparator == "bytes":
         return compare_bytes(rust_body, go_body)
     documents = {}
     dialect = route.adapter.compared_in(client)
@@ -351,16 +350,18 @@ def compare_pair(route: Route, first: Answer, second: Answer, *, client: Backend
         try:
             documents[side] = canonical(route, backend, body, dialect)
         except (orjson.JSONDecodeError, AdapterError) as exc:
-            failed = Comparison(route.parity.comparator)
+            failed = Comparison(comparator)
             failed.differences.append(Difference("$", "error", None, f"{backend}: {exc}"))
             return failed
-    policy = route.parity
+    judged, score = route.comparing.fields(dialect)
     return compare(
-        policy.comparator,
+        comparator,
         documents["rust"],
-        documents["go"],  # type: ignore[arg-type]
-        tolerance=policy.tolerance,
-        ignore=policy.ignore,
+        documents["go"],
+        tolerance=route.parity.tolerance,
+        ignore=route.parity.ignore,
+        field=judged,
+        score=score,
     )
 
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from adapters.base import DIALECTS
 from adapters.chat import CHAT
 from adapters.errors import ShapeError
 from adapters.search import RETRIEVE, VECTORS_SEARCH
 from adapters.sql import SQL
+from shim.routes import load_routes
 
 ids = st.text(min_size=1, max_size=8)
 scores = st.floats(min_value=-1.0, max_value=1.0, allow_nan=False)
@@ -108,3 +111,58 @@ def test_missing_required_field_names_it() -> None:
             options=None,
         )
     assert caught.value.field == "content"
+
+
+SHIPPED = load_routes(Path(__file__).resolve().parent.parent / "config" / "routes.toml")
+TRANSLATING = [route for route in SHIPPED.routes.values() if route.adapter is not None]
+
+
+@pytest.mark.parametrize("route", TRANSLATING, ids=lambda route: route.name)
+def test_every_loss_an_adapter_declares_has_a_description(route: Any) -> None:
+    for client in DIALECTS:
+        for backend in DIALECTS:
+            loss = route.losses(client, backend)
+            assert loss is None or loss in route.adapter.loss_descriptions, (client, backend)
+
+
+@pytest.mark.parametrize("route", TRANSLATING, ids=lambda route: route.name)
+def test_probe_samples_are_requests_the_adapter_translates_and_may_repeat(route: Any) -> None:
+    if not route.shadowable:
+        assert route.samples("rust", 3) == []  # chat: never sent twice, so never probed
+        return
+    for client in DIALECTS:
+        samples = route.samples(client, 10)
+        assert len(samples) == 10, client
+        for sample in samples:
+            assert route.may_repeat(sample, client)
+            route.adapter.translate_request(
+                sample,
+                client=client,
+                backend="go" if client == "rust" else "rust",
+                options=route.options,
+            )
+
+
+@pytest.mark.parametrize(
+    ("statement", "repeatable"),
+    [
+        ("select id from workers", True),
+        ("with t as (select 1) select * from t", True),
+        ("select 1; delete from workers", False),
+        ("update workers set years = 1", False),
+        ("/* select */ insert into workers values (1)", False),
+    ],
+)
+def test_sql_may_repeat_only_read_only_statements_in_either_dialect(
+    statement: str, repeatable: bool
+) -> None:
+    assert SQL.repeat_rule == "read-only statements"
+    assert SQL.may_repeat({"sql": statement}, client="rust", options=None) is repeatable
+    assert SQL.may_repeat({"query": statement}, client="go", options=None) is repeatable
+    assert not SQL.may_repeat({"sql": statement}, client="go", options=None)  # wrong field
+    assert not SQL.may_repeat([statement], client="rust", options=None)
+
+
+def test_search_compares_hits_in_each_dialects_own_fields() -> None:
+    assert VECTORS_SEARCH.comparing.fields("rust") == ("results", "score")
+    assert RETRIEVE.comparing.fields("go") == ("hits", "distance")

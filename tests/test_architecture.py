@@ -54,3 +54,38 @@ def test_only_the_cli_and_its_protocol_import_uvicorn() -> None:
 
 def test_types_module_imports_nothing_of_the_shim() -> None:
     assert "shim" not in imports(ROOT / "shim" / "types.py")
+
+
+def reference_imports(path: Path) -> list[str]:
+    """Where `path` imports the reference backends: the enclosing function's name, or
+    "<module>" for an import at the top."""
+    tree = ast.parse(path.read_text())
+    enclosing = {
+        id(inner): node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        for inner in ast.walk(node)
+    }
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        else:
+            continue
+        if any(name == "shim.reference" or name.startswith("shim.reference.") for name in names):
+            found.append(enclosing.get(id(node), "<module>"))
+    return found
+
+
+def test_the_product_never_imports_the_reference_backends() -> None:
+    """The reference backends are a stand-in for the real gateways: they may use the product
+    (the route table gives them their paths), never the reverse. The one door is the
+    `shim reference` command, which serves them."""
+    users = {
+        str(path.relative_to(ROOT)): where
+        for path in (*(ROOT / "shim").rglob("*.py"), *(ROOT / "adapters").rglob("*.py"))
+        if ROOT / "shim" / "reference" not in path.parents and (where := reference_imports(path))
+    }
+    assert all(where == ["run_reference"] for where in users.values()), users

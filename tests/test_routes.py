@@ -45,7 +45,12 @@ def test_shipped_table_declares_the_eight_endpoints_of_the_contract() -> None:
     assert all(r.default == "rust" for r in table.routes.values() if not r.go_only)
     assert table["storage"].idempotent_methods == {"GET", "HEAD"}
     assert table["chat"].idempotent_methods == frozenset()
-    assert table["sql"].read_only_sql
+    sql = table[
+        "sql"
+    ]  # read-only statements only: the sql adapter's rule (Route.read_only_sql was)
+    assert sql.repeat_rule == "read-only statements"
+    assert sql.may_repeat({"sql": "select 1"}, "rust")
+    assert not sql.may_repeat({"query": "drop table workers"}, "go")
 
 
 @pytest.mark.parametrize(
@@ -125,3 +130,40 @@ def test_shim_check_fails_with_one_line_naming_the_key(tmp_path: Path) -> None:
     )
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith("ok: 9 endpoints")  # eight built-in, rerank declared
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "says"),
+    [
+        (
+            lambda r: r["chat"].update(adapter="no_such_pkg.adapters:CHAT"),
+            "adapter",
+            "cannot import",
+        ),
+        (lambda r: r["chat"].update(adapter="adapters.chat:NOPE"), "adapter", "has no 'NOPE'"),
+        (lambda r: r["chat"].update(adapter="adapters.chat:TEXT_FIELD"), "adapter", "lacks"),
+        (lambda r: r["chat"].update(idempotent="read-only"), "idempotent", "judges each request"),
+        (lambda r: r["sql"]["parity"].update(comparator="cosine"), "parity.comparator", '"json"'),
+    ],
+)
+def test_an_adapter_is_a_name_or_an_importable_one_and_its_rules_hold(
+    change: Any, key: str, says: str
+) -> None:
+    document = shipped()
+    document["routes"]["sql"]["parity"] = {}
+    change(document["routes"])
+    with pytest.raises(ConfigError) as caught:
+        parse_routes(document)
+    endpoint = "sql" if "comparator" in key else "chat"
+    assert caught.value.key == f"routes.{endpoint}.{key}"
+    assert says in caught.value.message
+
+
+def test_an_importable_adapter_serves_like_a_built_in_one() -> None:
+    document = shipped()
+    document["routes"]["chat"]["adapter"] = "adapters.chat:CHAT"
+    document["routes"]["embed"]["adapter"] = "adapters.embed:EMBED"
+    table = parse_routes(document)
+    assert table["chat"].adapter is load_routes(SHIPPED)["chat"].adapter
+    assert table["embed"].parity.comparator == "cosine"  # the adapter's, not a name's
+    assert table["embed"].describe_loss("magnitude").startswith("raw vector magnitudes")

@@ -2,7 +2,9 @@
 
 One handler per endpoint, parameterised by the dialect it speaks: the two gateways share
 their data (corpus, SQL table, embeddings) and differ only on the wire, which is exactly
-what the shim has to bridge.
+what the shim has to bridge. Each handler is served at the path the route table gives its
+endpoint's face in this dialect (the shim's own table, so the two cannot disagree); an
+endpoint the table lacks, or a face it does not declare, is not served.
 """
 
 from __future__ import annotations
@@ -25,22 +27,11 @@ from shim.reference.corpus import INDEX_NAME, Corpus
 from shim.reference.embedding import DIMENSIONS, MODELS, embed_batch, unit_embedding
 from shim.reference.sqldb import SqlDatabase, SqlRefused
 from shim.reference.storage import ObjectStore
+from shim.routes import RouteTable, load_routes
+from shim.settings import load_settings
 from shim.types import Backend
 
 DEFAULT_MODEL: dict[Backend, str] = {"rust": "nomic-embed-text", "go": "nomic-embed-text-v2-moe"}
-PATHS: dict[str, dict[Backend, str]] = {
-    "embed": {"rust": "/ai/embed", "go": "/v1/embed"},
-    "vectors_search": {"rust": "/vectors/search", "go": "/v1/vectors/search"},
-    "retrieve": {"rust": "/vectors/hybrid", "go": "/v1/matrix/retrieve"},
-    "sql": {"rust": "/query", "go": "/v1/sql"},
-    "storage": {"rust": "/storage/{key:path}", "go": "/v1/storage/{key:path}"},
-    "chat": {"rust": "/ai/chat", "go": "/v1/chat"},
-    "rerank": {"rust": "/ai/rerank", "go": "/v1/rerank"},
-}
-GO_ONLY_PATHS = {
-    "matrix_search": "/v1/matrix/search",
-    "playbooks_record": "/v1/matrix/playbooks/record",
-}
 K_FIELD: dict[Backend, str] = {"rust": "k", "go": "top_k"}
 RERANK_FIELDS: dict[Backend, tuple[str, str]] = {
     "rust": ("documents", "top_n"),
@@ -86,7 +77,7 @@ def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], what: 
 
 
 def top_k(body: dict[str, Any], backend: Backend) -> int:
-    k = field(body, K_FIELD[backend], int, "an integer")
+    k: int = field(body, K_FIELD[backend], int, "an integer")
     if not 1 <= k <= MAX_K:
         raise RefusedRequest(400, f"{K_FIELD[backend]} must be between 1 and {MAX_K}")
     return k
@@ -224,12 +215,10 @@ class ReferenceGateway:
             if not self.store.delete(key):
                 raise RefusedRequest(404, f"no object {key!r}")
             return Response(status_code=204)
-        stored = self.store.get(key)
-        if stored is None:
+        found = self.store.get(key)
+        if found is None:
             raise RefusedRequest(404, f"no object {key!r}")
-        return FileResponse(
-            stored.path, media_type=stored.content_type, headers={"etag": stored.etag}
-        )
+        return FileResponse(found.path, media_type=found.content_type, headers={"etag": found.etag})
 
     async def matrix_search(self, request: Request) -> Response:
         body = await json_body(request)
@@ -265,9 +254,18 @@ class ReferenceGateway:
 
 
 def create_reference_app(
-    backend: Backend, *, storage_dir: Path, latency_ms: float = 0.0
+    backend: Backend,
+    *,
+    storage_dir: Path,
+    latency_ms: float = 0.0,
+    routes: RouteTable | None = None,
 ) -> Starlette:
-    """The `backend` gateway; every answer is delayed by `latency_ms` (rehearse slowness)."""
+    """The `backend` gateway; every answer is delayed by `latency_ms` (rehearse slowness).
+
+    Paths come from `routes`, by default the route table the shim's settings name.
+    """
+    if routes is None:
+        routes = load_routes(load_settings().resolved_routes_file())
     gateway = ReferenceGateway(backend, storage_dir)
     delay = latency_ms / 1000.0
 
@@ -285,27 +283,20 @@ def create_reference_app(
     async def health(request: Request) -> Response:
         return json_response({"status": "ok", "backend": backend})
 
-    handlers: dict[str, tuple[Handler, list[str]]] = {
-        "embed": (gateway.embed, ["POST"]),
-        "vectors_search": (gateway.vectors_search, ["POST"]),
-        "retrieve": (gateway.retrieve, ["POST"]),
-        "sql": (gateway.sql_query, ["POST"]),
-        "storage": (gateway.storage, ["GET", "HEAD", "PUT", "DELETE"]),
-        "chat": (gateway.chat, ["POST"]),
-        "rerank": (gateway.rerank, ["POST"]),
+    handlers: dict[str, Handler] = {
+        "embed": gateway.embed,
+        "vectors_search": gateway.vectors_search,
+        "retrieve": gateway.retrieve,
+        "sql": gateway.sql_query,
+        "storage": gateway.storage,
+        "chat": gateway.chat,
+        "rerank": gateway.rerank,
+        "matrix_search": gateway.matrix_search,
+        "playbooks_record": gateway.playbooks_record,
     }
-    routes = [Route("/health", health, methods=["GET"])]
-    for name, (handler, methods) in handlers.items():
-        routes.append(Route(PATHS[name][backend], endpoint(handler), methods=methods))
-    if backend == "go":
-        routes.append(
-            Route(GO_ONLY_PATHS["matrix_search"], endpoint(gateway.matrix_search), methods=["POST"])
-        )
-        routes.append(
-            Route(
-                GO_ONLY_PATHS["playbooks_record"],
-                endpoint(gateway.playbooks_record),
-                methods=["POST"],
-            )
-        )
-    return Starlette(routes=routes)
+    served = [Route("/health", health, methods=["GET"])]
+    for name, handler in handlers.items():
+        face = routes[name].faces.get(backend) if name in routes else None
+        if face is not None:
+            served.append(Route(face.template, endpoint(handler), methods=sorted(face.methods)))
+    return Starlette(routes=served)

@@ -36,7 +36,8 @@ def unit_embedding(text: str, model: str) -> np.ndarray:
     if not words:
         return np.zeros(DIMENSIONS)
     vector = np.sum([_word_vector(model, word) for word in words], axis=0)
-    return vector / np.linalg.norm(vector)
+    unit: np.ndarray = vector / np.linalg.norm(vector)
+    return unit
 
 
 def raw_magnitude(text: str, model: str) -> float:
