@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from adapters.vectors import row_cosines
+from shim.stats import percentiles
 
 Comparator = Literal["cosine", "ranking", "json", "bytes"]
 Side = Literal["rust", "go"]
@@ -167,20 +168,6 @@ def status_difference(rust_status: int, go_status: int) -> Comparison:
     result = Comparison("json")
     result.differences.append(Difference("$status", "status", rust_status, go_status))
     return result
-
-
-def percentiles(values: np.ndarray, points: tuple[float, ...]) -> list[float]:
-    """numpy's default (linear) percentiles of a small array, without np.percentile's
-    generic machinery (~35 us a call; this runs on every shadow comparison)."""
-    ordered = np.sort(values)
-    last = len(ordered) - 1
-    found = []
-    for point in points:
-        position = point / 100 * last
-        low = int(position)
-        high = min(low + 1, last)
-        found.append(float(ordered[low] + (ordered[high] - ordered[low]) * (position - low)))
-    return found
 
 
 def _compare_vectors(

@@ -15,7 +15,6 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -35,6 +34,7 @@ from shim.errors import BackendError
 from shim.parity import ParityStore, excerpt
 from shim.routes import Route
 from shim.settings import Settings
+from shim.timestamps import iso_utc
 from shim.types import Backend
 from shim.upstream import Upstream, decode_body, translate_errors
 from shim.vector_wire import parse_answer
@@ -423,10 +423,9 @@ def judge_noise(
 
 def base_record(endpoint: str, kind: str, request_id: str) -> dict[str, Any]:
     now = time.time()
-    stamp = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
     return {
         "ts": now,
-        "time": stamp.replace("+00:00", "Z"),
+        "time": iso_utc(now),
         "endpoint": endpoint,
         "kind": kind,
         "request_id": request_id,
