@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shim.bench import CEILING, FLOOR, RECIPE, nginx_binary
+from benchmarks.processes import nginx_binary
+from benchmarks.scenarios import CEILING, FLOOR, RECIPE
 from tests.servers import ROOT, base_env
 
 
