@@ -140,7 +140,7 @@ class Stack:
             f"default_type application/json; return 200 '{STUB_BODY}'; }} }}\n"
         )
         proxy = _nginx_proxy(proxy_port, "stub") if proxy_port else ""
-        return self._nginx("nginx", stub + proxy, ready=stub_port)
+        return self._nginx(f"nginx-{stub_port}", stub + proxy, ready=stub_port)
 
     def nginx_proxies(
         self, upstream_port: int, proxies: dict[int, int | None]
@@ -157,6 +157,7 @@ class Stack:
         return self._nginx(f"nginx-{upstream_port}", blocks, ready=next(iter(proxies)))
 
     def _nginx(self, name: str, servers: str, *, ready: int) -> subprocess.Popen[bytes]:
+        # `name`: each nginx its own directory, as scenarios may start theirs at the same time.
         # A backlog and connection budget for bursts of thousands: with nginx's defaults (511,
         # 4,096) a burst of 2,000 through it saw resets and SYNs retried a second later.
         temp = self.tmp / name

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 from benchmarks.load import Target
@@ -37,7 +38,9 @@ RECIPE = "starlette + httpx"
 
 
 class Bench:
-    """Starts what the chosen scenarios need and knows their targets."""
+    """Starts what the chosen scenarios need and knows their targets. Scenarios may be built
+    from several threads at once (`runner.bench` does): the shared reference backends are
+    started under a lock."""
 
     def __init__(
         self,
@@ -57,24 +60,26 @@ class Bench:
         self.embed_batches = embed_batches
         self.python = [sys.executable, "-m", "shim"]
         self._reference: dict[str, str] = {}
+        self._reference_lock = threading.Lock()
 
     def reference(self, backend: str) -> str:
-        if backend not in self._reference:
-            port = free_port()
-            self.stack.start(
-                [
-                    *self.python,
-                    "reference",
-                    backend,
-                    "--port",
-                    str(port),
-                    "--storage-dir",
-                    str(self.stack.tmp / f"storage-{backend}"),
-                ],
-                ready=f"127.0.0.1:{port}",
-            )
-            self._reference[backend] = f"http://127.0.0.1:{port}"
-        return self._reference[backend]
+        with self._reference_lock:
+            if backend not in self._reference:
+                port = free_port()
+                self.stack.start(
+                    [
+                        *self.python,
+                        "reference",
+                        backend,
+                        "--port",
+                        str(port),
+                        "--storage-dir",
+                        str(self.stack.tmp / f"storage-{backend}"),
+                    ],
+                    ready=f"127.0.0.1:{port}",
+                )
+                self._reference[backend] = f"http://127.0.0.1:{port}"
+            return self._reference[backend]
 
     def shim(self, rust: str, go: str, workers: int = 1) -> tuple[str, str, list[int]]:
         """A `shim serve`: its proxy URL, state directory and process ids (workers too)."""
