@@ -802,26 +802,24 @@ def run_parity(args: argparse.Namespace) -> int:
 
 def run_bench(args: argparse.Namespace) -> int:
     """The benchmark is not in the wheel: it needs the checkout's benchmarks/ (its servers,
-    nginx config, scripts). It is loaded from the checkout this `shim` runs from (an editable
-    install), else from the working directory; without either, one line saying what to do."""
+    nginx config, scripts), and it measures that checkout's shim. So it is loaded from the
+    checkout this `shim` runs from (the editable install of `make bench`); an installed wheel
+    has none, and says so in one line."""
     import importlib
     import importlib.util
 
     from shim.settings import PROJECT_ROOT
 
     if "benchmarks" not in sys.modules:
-        looked = list(dict.fromkeys([PROJECT_ROOT / "benchmarks", Path.cwd() / "benchmarks"]))
-        found = [d for d in looked if (d / "runner.py").is_file()]
-        if not found:
+        folder = PROJECT_ROOT / "benchmarks"
+        if not (folder / "runner.py").is_file():
             raise ConfigError(
-                "the benchmark is not part of the installed package: run `shim bench` (or "
-                "`make bench`) in a cutover-shim checkout, whose benchmarks/ it loads (looked in "
-                f"{' and '.join(map(str, looked))})",
+                "the benchmark is not part of the installed package: run it in a cutover-shim "
+                f"checkout (`make bench`, or .venv/bin/shim bench there); no {folder}",
                 key="bench",
             )
-        init = found[0] / "__init__.py"
         spec = importlib.util.spec_from_file_location(
-            "benchmarks", init, submodule_search_locations=[str(found[0])]
+            "benchmarks", folder / "__init__.py", submodule_search_locations=[str(folder)]
         )
         assert spec is not None and spec.loader is not None  # a .py file always has a loader
         sys.modules["benchmarks"] = package = importlib.util.module_from_spec(spec)
