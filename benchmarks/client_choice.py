@@ -1,7 +1,7 @@
 """Measure the upstream client choice: one raw ASGI pass-through, three clients.
 
 Run: .venv/bin/pip install -e '.[bench]'   (httpx-aiohttp; and wrk: apt-get install wrk)
-     .venv/bin/python benchmarks/client_choice.py [--rounds 2] [--json FILE]
+     .venv/bin/python -m benchmarks.client_choice [--rounds 2] [--json FILE]
 
 Starts benchmarks/stub_backend.py, then for each client a one-worker uvicorn proxy
 (benchmarks/client_proxy.py) in front of it, drives it with wrk at 32 connections, the
@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from statistics import median
 
-from shim.bench import cpu_seconds, free_port
+from benchmarks.processes import cpu_seconds, free_port
 
 HERE = Path(__file__).resolve().parent
 KINDS = ("aiohttp", "httpx-aiohttp", "httpx")
@@ -99,7 +99,7 @@ def main() -> None:
     print(f"httpx-aiohttp / aiohttp RPS (medians): {ratio:.2f}")
     if args.json:
         result = {
-            "command": "python benchmarks/client_choice.py " + " ".join(sys.argv[1:]),
+            "command": "python -m benchmarks.client_choice " + " ".join(sys.argv[1:]),
             "date": datetime.now(UTC).date().isoformat(),
             "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
             "rounds": rounds,

@@ -2,7 +2,7 @@
 the same reference backends, alternating target by target in one run.
 
     git archive <old-commit> | tar -x -C /tmp/shim-old
-    .venv/bin/python benchmarks/embed_ab.py --old /tmp/shim-old [--seconds 5] [--rounds 3]
+    .venv/bin/python -m benchmarks.embed_ab --old /tmp/shim-old [--seconds 5] [--rounds 3]
         [--texts 8]
 
 Prints RPS and the shims' CPU per request for same-dialect, normalising, same-dialect (rust)
@@ -15,10 +15,13 @@ import argparse
 import os
 import statistics
 
-from shim import bench as b
+from benchmarks.load import Target, run_wrk
+from benchmarks.measure import Result, measure
+from benchmarks.processes import Stack
+from benchmarks.scenarios import Bench, embed_body
 
 
-class AB(b.Bench):
+class AB(Bench):
     def shim_from(self, rust: str, go: str, code: str | None) -> tuple[str, str, list[int]]:
         """A shim running the code in `code` (None: this checkout)."""
         saved = os.environ.get("PYTHONPATH")
@@ -41,38 +44,38 @@ def main() -> None:
     parser.add_argument("--texts", default="8")
     args = parser.parse_args()
     sizes = [int(n) for n in args.texts.split(",")]
-    stack = b.Stack()
+    stack = Stack()
     try:
         ab = AB(stack, 32, 1000.0)
         rust, go = ab.reference("rust"), ab.reference("go")
-        targets: list[tuple[str, b.Target]] = []
+        targets: list[tuple[str, Target]] = []
         for side, code in (("old", args.old), ("new", None)):
             to_go, state, pids = ab.shim_from(rust, go, code)
             ab.flag(state, "embed", "go")
             to_rust, _, rust_pids = ab.shim_from(rust, go, code)
             for n in sizes:
-                body = b.embed_body(n)
+                body = embed_body(n)
                 targets += [
-                    (f"{side} {n} same-dialect", b.Target("", f"{to_go}/v1/embed", body, pids)),
-                    (f"{side} {n} normalising", b.Target("", f"{to_go}/ai/embed", body, pids)),
+                    (f"{side} {n} same-dialect", Target("", f"{to_go}/v1/embed", body, pids)),
+                    (f"{side} {n} normalising", Target("", f"{to_go}/ai/embed", body, pids)),
                     (
                         f"{side} {n} same (rust)",
-                        b.Target("", f"{to_rust}/ai/embed", body, rust_pids),
+                        Target("", f"{to_rust}/ai/embed", body, rust_pids),
                     ),
                     (
                         f"{side} {n} rename-only",
-                        b.Target("", f"{to_rust}/v1/embed", body, rust_pids),
+                        Target("", f"{to_rust}/v1/embed", body, rust_pids),
                     ),
                 ]
-        rows: dict[str, list[b.Result]] = {}
+        rows: dict[str, list[Result]] = {}
         for _ in range(args.rounds):
             for name, target in targets:
-                result = b.measure(
+                result = measure(
                     "embed",
                     target,
                     seconds=args.seconds,
                     connections=32,
-                    loader=b.run_wrk,
+                    loader=run_wrk,
                     scratch=stack.tmp,
                     baseline_rss={},
                 )

@@ -1,6 +1,6 @@
 """Soak: many mixed requests through `shim serve`, watching RSS and open files.
 
-Run: .venv/bin/python benchmarks/soak.py [--requests 200000] [--workers 2] [--concurrency 32]
+Run: .venv/bin/python -m benchmarks.soak [--requests 200000] [--workers 2] [--concurrency 32]
 (or `make soak`). Starts both reference backends and the shim on loopback ports, sends a
 mix of same-dialect and cross-dialect embed, search, sql, storage GETs, 404s and bad JSON,
 and prints every worker's RSS and file-descriptor count as it goes. Exits non-zero if a
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import aiohttp
 
-from shim.bench import free_port
+from benchmarks.processes import free_port
 
 SHIM = [sys.executable, "-m", "shim"]
 MIX = [

@@ -7,14 +7,12 @@ Operator mistakes (bad config, refused flips) are one line on stderr and a non-z
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import socket
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -801,43 +799,31 @@ def run_parity(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from shim.bench import SCENARIOS, bench, plot, render, summarise
+    """The benchmark is not in the wheel: it needs the checkout's benchmarks/ (its servers,
+    nginx config, scripts), and it measures that checkout's shim. So it is loaded from the
+    checkout this `shim` runs from (the editable install of `make bench`); an installed wheel
+    has none, and says so in one line."""
+    import importlib
+    import importlib.util
 
-    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = set(scenarios) - set(SCENARIOS)
-    if unknown:
-        raise ConfigError(
-            f"unknown scenario {sorted(unknown)[0]!r} (known: {', '.join(SCENARIOS)})",
-            key="--scenarios",
+    from shim.settings import PROJECT_ROOT
+
+    if "benchmarks" not in sys.modules:
+        folder = PROJECT_ROOT / "benchmarks"
+        if not (folder / "runner.py").is_file():
+            raise ConfigError(
+                "the benchmark is not part of the installed package: run it in a cutover-shim "
+                f"checkout (`make bench`, or .venv/bin/shim bench there); no {folder}",
+                key="bench",
+            )
+        spec = importlib.util.spec_from_file_location(
+            "benchmarks", folder / "__init__.py", submodule_search_locations=[str(folder)]
         )
-    results = bench(
-        seconds=args.duration,
-        connections=args.connections,
-        rounds=args.rounds,
-        scenarios=scenarios,
-        shadow_rate=args.shadow_rate,
-        embed_batches=tuple(int(n) for n in args.embed_batches.split(",") if n.strip()),
-        burst_size=args.burst,
-        overload_size=args.overload,
-        progress=lambda line: print(line, flush=True),
-    )
-    table, ratios = summarise(results)
-    print()
-    print(render(table, ratios))
-    if args.json:
-        document = {
-            "results": table,
-            "ratios": [r.to_dict() for r in ratios],
-            "runs": [asdict(r) for r in results],
-        }
-        args.json.write_text(json.dumps(document, indent=2))
-        print(f"\nresults written to {args.json}")
-    if args.plot:
-        if plot(table, args.plot):
-            print(f"latency plot written to {args.plot}")
-        else:
-            print("no plot: matplotlib is not installed (pip install matplotlib)")
-    return 0
+        assert spec is not None and spec.loader is not None  # a .py file always has a loader
+        sys.modules["benchmarks"] = package = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(package)
+    code: int = importlib.import_module("benchmarks.runner").run(args)
+    return code
 
 
 def run_parity_reset(args: argparse.Namespace) -> int:

@@ -1,14 +1,23 @@
-"""`shim bench` runs end to end (a tiny smoke run; the real one is `shim bench`)."""
+"""`shim bench` runs end to end (a tiny smoke run; the real one is `shim bench`).
+
+The smoke run measures each target for 0.2 s, so the built-in load generator drives it (wrk
+measures whole seconds); wrk's own path is run once on its own below.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from shim.bench import CEILING, FLOOR, RECIPE, nginx_binary
-from tests.servers import ROOT, base_env
+import pytest
+
+from benchmarks.load import PERCENTILES, Target, run_wrk
+from benchmarks.processes import nginx_binary
+from benchmarks.scenarios import CEILING, FLOOR, RECIPE, SMALL
+from tests.servers import ROOT, base_env, own_backend
 
 
 def test_bench_smoke_run_reports_every_target_and_the_ratios(tmp_path: Path) -> None:
@@ -20,11 +29,11 @@ def test_bench_smoke_run_reports_every_target_and_the_ratios(tmp_path: Path) -> 
             "shim",
             "bench",
             "--duration",
-            "0.5",
+            "0.2",
             "--rounds",
             "1",
             "--connections",
-            "4",
+            "2",
             "--shadow-rate",
             "50",
             "--embed-batches",
@@ -84,3 +93,16 @@ def test_bench_smoke_run_reports_every_target_and_the_ratios(tmp_path: Path) -> 
     assert bursts[("overload", "shim")]["backend_peak"] <= CEILING
     assert labels["burst shim, 2 workers: answered / sent"]["met"] is True
     assert "shim / floor RPS" in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (apt-get install wrk)")
+def test_wrk_drives_a_target_and_its_report_is_read(tmp_path: Path) -> None:
+    stub, url = own_backend(tmp_path, "stub_backend", app_dir=ROOT / "benchmarks")
+    try:
+        run = run_wrk(Target("stub", f"{url}/query", SMALL), 1, 4, tmp_path)
+    finally:
+        stub.stop()
+    assert run["requests"] > 0 and run["rps"] > 0 and run["bytes_per_s"] > 0
+    assert run["errors"] == 0
+    assert list(run["latency"]) == [str(p) for p in PERCENTILES]
+    assert 0 < run["latency"]["50"] <= run["latency"]["99"]

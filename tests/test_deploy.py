@@ -329,3 +329,16 @@ def test_make_install_gives_a_production_virtualenv_without_test_tools(tmp_path:
         timeout=60,
     )
     assert check.returncode == 0 and check.stdout.startswith("ok:"), check.stdout + check.stderr
+    # The benchmark is not in the wheel: `shim bench` says so in one line (exit 2, no traceback).
+    site = next((prefix / ".venv" / "lib").glob("python3*/site-packages"))
+    assert not (site / "benchmarks").exists() and not (site / "shim" / "bench.py").exists()
+    bench = subprocess.run(
+        [str(prefix / ".venv" / "bin" / "shim"), "bench"],
+        cwd=prefix,
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bench.returncode == 2 and bench.stdout == "", bench.stdout + bench.stderr
+    assert len(bench.stderr.splitlines()) == 1 and "make bench" in bench.stderr, bench.stderr

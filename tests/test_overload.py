@@ -20,7 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shim.bench import SMALL, Burst, burst, burst_async
+from benchmarks.bursts import Burst, burst, burst_async
+from benchmarks.scenarios import SMALL
 from tests.servers import ROOT, Shim, base_env, free_port, own_backend, rss_kib
 
 BENCHMARKS = ROOT / "benchmarks"
@@ -114,7 +115,8 @@ def test_one_callers_burst_does_not_starve_another_callers_trickle(
         SHIM_QUEUE_TIMEOUT="2",
     )
     script = (
-        "import json, sys; from shim.bench import burst, SMALL; "
+        "import json, sys; from benchmarks.bursts import burst; "
+        "from benchmarks.scenarios import SMALL; "
         f"r = burst({shim.url + '/ai/embed'!r}, 3000, body=SMALL, headers={{'X-Shim-Key': 'a'}}); "
         "print(json.dumps(r.__dict__))"
     )
