@@ -11,12 +11,12 @@ from pathlib import Path
 
 import httpx
 
+from shim.caller import caller_of
 from shim.canary import bucket
 from shim.fallback import RetryBudget
 from shim.flags import FlagStore, FlagView
 from shim.guard import Guard
 from shim.headers import client_request
-from shim.proxy import caller_of
 from tests.flipping import ROUTES, wait_for_generation, wait_for_parity
 from tests.servers import Shim, free_port
 
