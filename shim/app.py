@@ -22,11 +22,12 @@ from shim import logs, metrics
 from shim.admin import AdminContext, build_admin
 from shim.edge import EdgeGuard
 from shim.errors import NotFound
+from shim.exchange import Exchange, send_error
 from shim.flag_state import FlagState, check_pins, state_document
 from shim.flag_view import FlagView
 from shim.fleet import open_stores
 from shim.guard import Guard
-from shim.proxy import Exchange, Proxy, send_error
+from shim.proxy import Proxy
 from shim.routes import RouteTable, load_routes
 from shim.settings import Settings, load_settings
 from shim.shadow import Shadower

@@ -23,7 +23,7 @@ without a watcher task per request.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -61,6 +61,7 @@ class ShimHttpProtocol(HttpToolsProtocol):
         cls.max_requests = settings.limit_concurrency
         cls._configured = True
 
+    # uvicorn's own override narrows BaseTransport to Transport (and ignores it the same way).
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if not ShimHttpProtocol._configured:  # a spawned worker: settings from its environment
             ShimHttpProtocol.configure(load_settings())
@@ -87,7 +88,9 @@ class ShimHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.scope["extensions"] = {DISCONNECT_EXTENSION: self._disconnect}
+        # uvicorn types extension values as dicts (the ASGI spec's own extensions are); ours
+        # is an object the proxy reads back under its own key (shim.types).
+        self.scope["extensions"] = {DISCONNECT_EXTENSION: self._disconnect}  # type: ignore[dict-item]
         self._header_bytes = 0
         self._arm(self.header_timeout, self._headers_too_slow)
 
@@ -188,7 +191,7 @@ _WORKER_BUSY = render(
 )
 
 
-def _sweep(loop: asyncio.AbstractEventLoop, connections: set[object]) -> None:
+def _sweep(loop: asyncio.AbstractEventLoop, connections: Iterable[object]) -> None:
     """Fire the deadlines that have passed, for every connection of this worker."""
     now = loop.time()
     for connection in list(connections):

@@ -1,95 +1,57 @@
-"""The request pipeline: match -> choose backend -> stream bytes, or parse and translate.
+"""The request pipeline: match -> choose backend -> admit -> attempt, and fall back.
 
 A plain ASGI callable (no Starlette Request/Response objects on this path: they cost
-~0.14 ms CPU per request). Same-dialect traffic streams both ways untouched, only the path
-changes; a route that needs a rewrite reads the JSON body once (capped), translates it with
-its adapter and answers in one message.
+~0.14 ms CPU per request). This module is the policy: which route, which backend (flag or
+sticky canary), whether the request may be repeated or fall back to the other backend, the
+admission gate and the guard around each attempt. How one attempt reaches a backend
+(stream untouched, or translate once) is `shim.forward`; bodies, JSON safety, disconnects,
+the request's record and its access log are their own modules beside it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
-import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
 
-import aiohttp
 import orjson
-from yarl import URL
 
-from adapters.errors import AdapterError
 from shim import headers as header_policy
 from shim import metrics
+from shim.access_log import observe_failure, write_access_log
 from shim.admission import Admission, GradientLimit, LoopLag, Shed
+from shim.bodies import Body, CappedStream, read_body, request_body
+from shim.caller import caller_of
 from shim.canary import canary_backend
+from shim.disconnect import CancelOnDisconnect, ClientDisconnected
 from shim.errors import (
     BackendError,
     BackendTimeout,
     BackendUnreachable,
-    BadBackendAnswer,
-    BadRequest,
     MethodNotAllowed,
     NotFound,
     Overloaded,
-    PayloadTooLarge,
     ShimError,
-    render,
 )
+from shim.exchange import Call, Exchange, send_error
 from shim.fallback import FallbackStatus, RetryBudget
 from shim.flag_view import FlagView
+from shim.forward import Forwarder, raw_header
 from shim.guard import Guard
-from shim.routes import RouteMatch, RouteTable
+from shim.routes import RouteTable
 from shim.settings import Settings
 from shim.shadow import Capture, Shadower
-from shim.types import (
-    BACKENDS,
-    DISCONNECT_EXTENSION,
-    Backend,
-    DisconnectSignal,
-    Receive,
-    Scope,
-    Send,
-)
-from shim.upstream import Upstream, decode_body, translate_errors
-from shim.vector_wire import answer_codec
+from shim.types import BACKENDS, Backend, Receive, Scope, Send
+from shim.upstream import Upstream
 
-access_log = logging.getLogger("shim.access")
 log = logging.getLogger("shim.proxy")
 
-JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
-BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 MEASURED_BYTES = 1024 * 1024  # answers up to this size time the backend (admission)
 
 
-class ClientDisconnected(Exception):
-    """The client went away before its request body was read (nothing to answer)."""
-
-
-@dataclass(slots=True)
-class Exchange:
-    """What one request did, for the access log and error rendering."""
-
-    method: str
-    path: str
-    started: float
-    request_id: str = ""
-    endpoint: str | None = None
-    client: Backend | None = None
-    backend: Backend | None = None
-    status: int = 0
-    bytes_out: int = 0
-    response_started: bool = False
-    translated: bool = False
-    fallback: str | None = None
-    error: str | None = None
-
-
-class Proxy:
+class Proxy(Forwarder):
     """The proxy port's ASGI app for every route-table path."""
 
     def __init__(
@@ -126,7 +88,9 @@ class Proxy:
             for backend in BACKENDS
         }
         for backend, admission in self.admission.items():
-            metrics.watch_admission(backend, admission)
+            # AdmissionView declares `limit` settable; Admission's is a read-only property,
+            # which is all the gauges read (the Protocol in shim/metrics.py is too strict).
+            metrics.watch_admission(backend, admission)  # type: ignore[arg-type]
         self.total_timeout = settings.total_timeout
         # A wait for a slot may take at most half the route's total timeout, if it has one.
         self.queue_budget = {
@@ -234,7 +198,7 @@ class Proxy:
         try:
             await self._attempt(call, backend)
         except (BackendUnreachable, BackendTimeout, FallbackStatus) as failure:
-            other = "rust" if backend == "go" else "go"
+            other: Backend = "rust" if backend == "go" else "go"
             if ex.response_started or not self._may_fall_back(call):
                 raise
             if not self.budget.spend():
@@ -356,234 +320,6 @@ class Proxy:
         else:
             await self._stream(call, backend)
 
-    def _url(self, match: RouteMatch, backend: Backend, scope: Scope) -> URL:
-        """Configured base URL + the route's path for that backend + the raw query string.
-
-        Never the client's Host or absolute-form target: the shim cannot be pointed elsewhere.
-        """
-        path = match.route.faces[backend].render(match.params)
-        query = scope.get("query_string") or b""
-        text = self.upstream.base_urls[backend] + path
-        if query:
-            text += "?" + query.decode("latin-1")
-        return URL(text, encoded=True)
-
-    async def _stream(self, call: Call, backend: Backend) -> None:
-        """Bytes in, bytes out: nothing is parsed or buffered whole (a shadow keeps a copy,
-        capped)."""
-        ex, body, capture = call.ex, call.body, call.capture
-        url = self._url(call.match, backend, call.scope)
-        forward = call.request.forward
-        if not isinstance(body, bytes | None) and call.request.content_length is not None:
-            # The body is passed on unchanged, so the client's length still frames it.
-            forward = [*forward, ("Content-Length", str(call.request.content_length))]
-        route = call.match.route
-        with translate_errors(backend, url):
-            response = await self.upstream.send(
-                backend,
-                route,
-                ex.method,
-                url,
-                headers=forward,
-                data=body,
-                replayable=functools.partial(self._replayable, call),
-            )
-        try:
-            if response.status in route.fallback_on and self._may_fall_back(call):
-                raise FallbackStatus(response.status)
-            response_headers = header_policy.backend_response(response.raw_headers, rewrite=False)
-            response_headers += header_policy.shim_headers(
-                ex.request_id, ex.endpoint, backend, ex.fallback
-            )
-            ex.status = response.status
-            ex.response_started = True
-            if capture is not None:
-                capture.primary_status = response.status
-                capture.primary_encoding = response.headers.get("Content-Encoding", "identity")
-            content = response.content
-            whole = None
-            if content.is_eof():  # a small answer is usually whole by now: one message
-                with translate_errors(backend, url):
-                    whole = content.read_nowait()
-            await call.send(
-                {
-                    "type": "http.response.start",
-                    "status": response.status,
-                    "headers": response_headers,
-                }
-            )
-            if whole is not None:
-                ex.bytes_out = len(whole)
-                if capture is not None:
-                    capture.keep_answer(whole)
-                await call.send({"type": "http.response.body", "body": whole})
-                return
-            with translate_errors(backend, url):
-                async for chunk in content.iter_any():
-                    ex.bytes_out += len(chunk)
-                    if capture is not None:
-                        capture.keep_answer(chunk)
-                    await call.send(
-                        {"type": "http.response.body", "body": chunk, "more_body": True}
-                    )
-            await call.send({"type": "http.response.body", "body": b""})
-        finally:
-            if response.content.at_eof():
-                response.release()
-            else:
-                response.close()  # a half-read connection never goes back to the pool
-
-    async def _translate(self, call: Call, backend: Backend) -> None:
-        """Parse once, translate, send, translate the answer back, answer in one message."""
-        ex, match, capture = call.ex, call.match, call.capture
-        route, client = match.route, match.client
-        assert route.adapter is not None
-        ex.translated = True
-        metrics.count(metrics.TRANSLATIONS, route.name, f"{client}->{backend}")
-        raw = call.body if isinstance(call.body, bytes) else b""
-        document = parse_json(raw, side="client")
-        try:
-            translated = route.adapter.translate_request(
-                document, client=client, backend=backend, options=route.options
-            )
-        except AdapterError as exc:
-            raise BadRequest(_adapter_message("request", exc), code="bad_shape") from None
-        payload = orjson.dumps(translated, option=JSON_OPTIONS)
-        url = self._url(match, backend, call.scope)
-        forward = header_policy.for_rewrite(call.request.forward)
-        with translate_errors(backend, url):
-            response = await self.upstream.send(
-                backend,
-                route,
-                ex.method,
-                url,
-                headers=forward,
-                data=payload,
-                replayable=functools.partial(self._replayable, call),
-            )
-            try:
-                answer = await read_backend_body(response, limit=self.max_backend_json_bytes)
-            finally:
-                response.release()  # read whole, or failed: aiohttp closes a broken one
-            raw_headers = response.raw_headers
-            status = response.status
-        if status in route.fallback_on and self._may_fall_back(call):
-            raise FallbackStatus(status)
-        if capture is not None:
-            capture.keep_answer(answer)
-            capture.primary_status = status
-        extra = header_policy.shim_headers(ex.request_id, ex.endpoint, backend, ex.fallback)
-        if not 200 <= status < 300:
-            # The backend's own error, in its own words: passed on, not translated.
-            response_headers = header_policy.backend_response(raw_headers, rewrite=True)
-            response_headers += [(b"content-length", str(len(answer)).encode()), *extra]
-            content_type = _raw_header(raw_headers, b"content-type")
-            if content_type:
-                response_headers.append((b"content-type", content_type))
-            await self._send_whole(call.send, ex, status, response_headers, answer)
-            return
-        codec = answer_codec(route.adapter)
-        try:
-            if codec is not None:  # parses and writes the answer itself (embed: simdjson)
-                body, lossy = codec(
-                    route.adapter,
-                    answer,
-                    client=client,
-                    backend=backend,
-                    options=route.options,
-                    slow=functools.partial(parse_json, side=backend),
-                )
-            else:
-                result = route.adapter.translate_response(
-                    parse_json(answer, side=backend),
-                    client=client,
-                    backend=backend,
-                    options=route.options,
-                )
-                body, lossy = orjson.dumps(result.body, option=JSON_OPTIONS), result.lossy
-        except AdapterError as exc:
-            raise BadBackendAnswer(
-                f"the {backend} backend's answer {_adapter_message('response', exc)}"
-            ) from None
-        response_headers = header_policy.backend_response(raw_headers, rewrite=True)
-        response_headers += [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            *extra,
-        ]
-        if lossy:
-            response_headers.append((b"x-shim-lossy", lossy.encode()))
-        await self._send_whole(call.send, ex, status, response_headers, body)
-
-    @staticmethod
-    async def _send_whole(
-        send: Send, ex: Exchange, status: int, headers: header_policy.RawHeaders, body: bytes
-    ) -> None:
-        ex.status, ex.bytes_out, ex.response_started = status, len(body), True
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-
-Body = bytes | AsyncIterator[bytes] | None
-
-
-class CancelOnDisconnect:
-    """Cancel the running request the moment its client disconnects, so an aborted request
-    releases its upstream connection instead of reading on for nobody; the cancellation
-    comes out as ClientDisconnected.
-
-    Under `shim serve` the connection itself cancels us (a `DisconnectSignal` in the
-    scope's extensions); elsewhere (tests, other servers) a watcher task waits for
-    `http.disconnect`. A plain context manager: no coroutine layer on the hot path.
-    """
-
-    __slots__ = ("receive", "signal", "task", "watcher")
-
-    def __init__(self, scope: Scope, receive: Receive) -> None:
-        self.signal: DisconnectSignal | None = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
-        self.receive = receive
-        self.watcher: asyncio.Task[None] | None = None
-
-    def __enter__(self) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.task = task
-        if self.signal is None:
-            self.watcher = asyncio.get_running_loop().create_task(self._watch())
-        elif self.signal.lost:
-            raise ClientDisconnected
-        else:
-            self.signal.tasks.add(task)
-
-    async def _watch(self) -> None:
-        while (await self.receive())["type"] != "http.disconnect":
-            pass
-        self.task.cancel()
-
-    def __exit__(self, kind: type[BaseException] | None, exc: object, _: object) -> None:
-        if self.watcher is not None:
-            disconnected = self.watcher.done() and not self.watcher.cancelled()
-            self.watcher.cancel()
-        else:
-            assert self.signal is not None
-            self.signal.tasks.discard(self.task)
-            disconnected = self.signal.lost
-        if kind is asyncio.CancelledError and disconnected and self.task.uncancel() == 0:
-            raise ClientDisconnected from None
-
-
-@dataclass(slots=True)
-class Call:
-    """One client request on its way through the proxy, across one or two attempts."""
-
-    scope: Scope
-    send: Send
-    ex: Exchange
-    match: RouteMatch
-    request: header_policy.ClientRequest
-    body: Body
-    capture: Capture | None
-
 
 def _tee_request(body: Body, capture: Capture) -> Body:
     """Keep a copy of the request body for the shadow while it goes upstream."""
@@ -599,214 +335,6 @@ def _tee_request(body: Body, capture: Capture) -> Body:
     return copying()
 
 
-async def request_body(
-    receive: Receive, method: str, *, limit: int | None, declared: int | None
-) -> Body:
-    """The client's body: bytes when it came in one message, else a stream of chunks.
-
-    With a `limit` (JSON routes), a body declared larger is refused before anything is
-    sent on, and a streamed one once it passes the limit (`CappedStream`).
-    """
-    if limit is not None and declared is not None and declared > limit:
-        raise _too_large(limit)
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        raise ClientDisconnected
-    first = message.get("body", b"")
-    if not message.get("more_body", False):
-        if limit is not None and len(first) > limit:
-            raise _too_large(limit)
-        return None if not first and method in BODYLESS_METHODS else first
-    if limit is not None:
-        return CappedStream(first, receive, limit)
-    return _stream_rest(first, receive)
-
-
-async def _stream_rest(first: bytes, receive: Receive) -> AsyncIterator[bytes]:
-    if first:
-        yield first
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected
-        chunk = message.get("body", b"")
-        if chunk:
-            yield chunk
-        if not message.get("more_body", False):
-            return
-
-
-class CappedStream:
-    """A streamed request body that stops at `limit` bytes.
-
-    Past it, the stream raises inside aiohttp's body writer, which aborts the upstream
-    exchange (the connection is closed, never reused); aiohttp reports that as a failed
-    send, so the proxy looks at `refused` and answers the client 413 instead of a 502.
-    """
-
-    __slots__ = ("first", "limit", "receive", "refused")
-
-    def __init__(self, first: bytes, receive: Receive, limit: int) -> None:
-        self.first, self.receive, self.limit = first, receive, limit
-        self.refused: PayloadTooLarge | None = None
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._chunks()
-
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        size = 0
-        async for chunk in _stream_rest(self.first, self.receive):
-            size += len(chunk)
-            if size > self.limit:
-                self.refused = _too_large(self.limit)
-                raise self.refused
-            yield chunk
-
-
-async def read_body(receive: Receive, *, limit: int, declared: int | None) -> bytes:
-    """The whole request body, refusing (413) as soon as it is known to exceed `limit`."""
-    if declared is not None and declared > limit:
-        raise _too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"JSON body is over {limit} bytes; send smaller batches or raise SHIM_MAX_JSON_BYTES"
-    )
-
-
-async def read_backend_body(response: aiohttp.ClientResponse, *, limit: int) -> bytes:
-    """A backend's whole answer (capped), decoded if it came compressed anyway."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise BadBackendAnswer(f"the backend's answer is over {limit} bytes")
-        chunks.append(chunk)
-    try:
-        return decode_body(b"".join(chunks), response.headers.get("Content-Encoding"))
-    except ValueError as exc:
-        raise BadBackendAnswer(f"the backend's answer cannot be read: {exc}") from None
-
-
-def parse_json(raw: bytes, *, side: str) -> Any:
-    """Parse with orjson (rejects NaN/Infinity, bad UTF-8, lone surrogates, deep nesting).
-
-    A client's bad JSON is a 400; a backend's is a 502.
-    """
-    try:
-        document = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        if side == "client":
-            raise BadRequest(f"request body is not valid JSON: {exc}", code="bad_json") from None
-        raise BadBackendAnswer(f"the {side} backend's answer is not valid JSON: {exc}") from None
-    if side == "client" and (huge := huge_integer(raw)):
-        raise BadRequest(
-            f"request body has an integer beyond 64 bits ({huge[:24]}…): it cannot be passed "
-            "on exactly; send it as a string",
-            code="bad_json",
-        )
-    return document
-
-
-_STRING_OR_LONG_NUMBER = re.compile(rb'"(?:[^"\\]|\\.)*"|(?<![\d.eE+-])-?\d{19,}(?![\d.eE])')
-
-
-def huge_integer(raw: bytes) -> str | None:
-    """An integer literal orjson would silently turn into a float (beyond 64 bits), if any.
-
-    Only client bodies are checked (they are small); strings are skipped whole.
-    """
-    for found in _STRING_OR_LONG_NUMBER.finditer(raw):
-        token = found.group()
-        if token[:1] != b'"' and not -(2**63) <= int(token) < 2**64:
-            return token.decode()
-    return None
-
-
-LOOPBACK = frozenset({"127.0.0.1", "::1"})
-
-
-def caller_of(request: header_policy.ClientRequest, client_host: str | None) -> str:
-    """Who is asking, for the sticky canary: the X-Shim-Key header, else the client address
-    (behind a proxy on this host, such as Bun, the one it names in X-Forwarded-For)."""
-    if request.caller_key:
-        return request.caller_key
-    if client_host in LOOPBACK and request.forwarded_client:
-        return request.forwarded_client
-    return client_host or ""
-
-
-def _adapter_message(what: str, exc: AdapterError) -> str:
-    where = f" (at {exc.field})" if exc.field and exc.field not in exc.message else ""
-    return f"{what} has the wrong shape: {exc.message}{where}"
-
-
 def _header(scope: Scope, name: bytes) -> str | None:
-    value = _raw_header(scope["headers"], name)
+    value = raw_header(scope["headers"], name)
     return value.decode("latin-1") if value is not None else None
-
-
-def _raw_header(headers: header_policy.RawHeaders, name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None
-
-
-async def send_error(send: Send, exc: ShimError, ex: Exchange) -> None:
-    """Answer with the shim's JSON error shape."""
-    ex.request_id = ex.request_id or header_policy.new_request_id()
-    response = render(
-        exc,
-        headers=header_policy.shim_headers(ex.request_id, ex.endpoint, ex.backend, ex.fallback),
-    )
-    ex.status, ex.bytes_out = response.status, len(response.body)
-    await response.send(send)
-
-
-CLIENT_BODY_FAILURES = frozenset({"bad_json", "bad_shape"})
-
-
-def observe_failure(ex: Exchange) -> None:
-    """Count a failed translation (backend failures are counted per attempt, in `_attempt`,
-    so a failure that a fallback rescued is counted too)."""
-    if ex.translated and ex.endpoint:
-        if ex.error in CLIENT_BODY_FAILURES:
-            metrics.TRANSLATION_FAILURES.labels(ex.endpoint, "client").inc()
-        elif ex.error == "bad_backend_answer":
-            metrics.TRANSLATION_FAILURES.labels(ex.endpoint, "backend").inc()
-
-
-def write_access_log(ex: Exchange, seconds: float) -> None:
-    """One JSON line per request, with the request id."""
-    if not access_log.isEnabledFor(logging.INFO):
-        return
-    record = {
-        "request_id": ex.request_id,
-        "method": ex.method,
-        "path": ex.path,
-        "endpoint": ex.endpoint,
-        "face": ex.client,
-        "backend": ex.backend,
-        "status": ex.status,
-        "duration_ms": round(seconds * 1000, 3),
-        "bytes_out": ex.bytes_out,
-    }
-    if ex.error:
-        record["error"] = ex.error
-    access_log.info(orjson.dumps(record).decode())

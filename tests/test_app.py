@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from shim.app import ShimApp
-from shim.proxy import CancelOnDisconnect, ClientDisconnected
+from shim.disconnect import CancelOnDisconnect, ClientDisconnected
 from shim.routes import load_routes
 from shim.settings import load_settings
 from shim.types import DISCONNECT_EXTENSION, DisconnectSignal

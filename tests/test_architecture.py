@@ -1,5 +1,5 @@
-"""Dependencies point one way: adapters are pure, only the CLI and its serving pieces import
-uvicorn."""
+"""Dependencies point one way: adapters are pure, only the serving pieces (the process
+model of `shim serve`, its HTTP protocol and supervisor) import uvicorn; the CLI calls them."""
 
 from __future__ import annotations
 
@@ -40,15 +40,15 @@ def test_adapters_import_only_the_stdlib_basics_and_numpy() -> None:
         assert imports(path) <= allowed, path.name
 
 
-def test_only_the_cli_and_its_protocol_import_uvicorn() -> None:
+def test_only_the_serving_pieces_import_uvicorn() -> None:
     users = {p.name for p in (ROOT / "shim").rglob("*.py") if "uvicorn" in imports(p)}
-    assert users == {"cli.py", "protocol.py", "supervisor.py"}  # serving pieces only
+    assert users == {"serve.py", "protocol.py", "supervisor.py"}  # serving pieces only
     app_side = {
         p.name
         for p in (ROOT / "shim").rglob("*.py")
         if "shim.protocol" in p.read_text() and p.name != "protocol.py"
     }
-    assert app_side == {"cli.py"}
+    assert app_side == {"serve.py"}
     assert "shim.supervisor" not in (ROOT / "shim" / "app.py").read_text()
 
 

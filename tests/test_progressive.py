@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from shim.caller import caller_of
 from shim.canary import bucket
 from shim.fallback import RetryBudget
 from shim.file_store import FileBackend
@@ -18,7 +19,6 @@ from shim.flag_view import FlagView
 from shim.flags import FlagStore
 from shim.guard import Guard
 from shim.headers import client_request
-from shim.proxy import caller_of
 from tests.flipping import ROUTES, wait_for_generation, wait_for_parity
 from tests.servers import Shim, free_port
 
