@@ -24,7 +24,7 @@ from shim.edge import EdgeGuard
 from shim.errors import NotFound
 from shim.exchange import Exchange, send_error
 from shim.flag_state import FlagState, check_pins, state_document
-from shim.flag_view import FlagView
+from shim.flag_view import FlagView, publish_flag_metrics
 from shim.fleet import open_stores
 from shim.guard import Guard
 from shim.proxy import Proxy
@@ -110,7 +110,7 @@ class ShimApp:
 
     def _applied(self, state: FlagState) -> None:
         """A new flag state is served: tell metrics and the writers waiting for our ack."""
-        metrics.observe_flags(state, self.routes, self.settings.pin)
+        publish_flag_metrics(state, self.routes, self.settings.pin)
         self.applied_at = time.time()
         self._publish()
 

@@ -26,8 +26,8 @@ import numpy as np
 
 from adapters.vectors import row_cosines
 from shim.stats import percentiles
+from shim.types import Comparator
 
-Comparator = Literal["cosine", "ranking", "json", "bytes"]
 Side = Literal["rust", "go"]
 MAX_DIFFERENCES = 20
 MAX_COLUMN_VALUES = 64  # a longer one-sided column is not kept (records stay small)

@@ -12,9 +12,11 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from shim import metrics
 from shim.errors import FlagStateError, FlagStoreUnavailable
 from shim.flag_state import EffectiveFlag, FlagState, resolve
-from shim.types import Backend
+from shim.routes import RouteTable
+from shim.types import BACKENDS, Backend
 
 if TYPE_CHECKING:
     from shim.flags import FlagStore
@@ -126,3 +128,25 @@ class FlagView:
             for name, flag in flags.items()
             if flag.shadow and self.store.routes[name].shadowable
         )
+
+
+def publish_flag_metrics(state: FlagState, routes: RouteTable, pins: dict[str, Backend]) -> None:
+    """Publish the flag state this worker now serves (its gauges are in shim.metrics)."""
+    metrics.FLAG_GENERATION.set(state.generation)
+    for name in routes.routes:
+        effective = resolve(state, routes, pins, name)
+        for backend in BACKENDS:
+            metrics.FLAG_SERVING.labels(name, backend).set(
+                1 if effective.flag.serve == backend else 0
+            )
+        # -1, not an absent series: a multiprocess gauge cannot drop a label set once written.
+        percent = effective.flag.percent
+        metrics.FLAG_PERCENT.labels(name).set(-1 if percent is None else percent)
+        # A 0 before the first rollback, so increase() in the alert sees that rollback too.
+        metrics.GUARD_ROLLBACKS.labels(name)
+        conflict = bool(
+            effective.pinned_by
+            and effective.runtime
+            and effective.runtime.serve != effective.flag.serve
+        )
+        metrics.FLAG_PIN_CONFLICT.labels(name).set(1 if conflict else 0)

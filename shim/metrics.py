@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from bisect import bisect_left
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 from prometheus_client import (
@@ -27,12 +27,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from shim.compare import Comparison
 from shim.errors import ShimError
-from shim.flag_state import FlagState, resolve
 from shim.jsonl import Lines
-from shim.routes import RouteTable
-from shim.types import BACKENDS, Backend
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -276,33 +272,13 @@ def flush() -> None:
         ADMISSION_QUEUED.labels(backend).set(admission.queued)
 
 
-def observe_comparison(endpoint: str, comparison: Comparison, *, matched: bool) -> None:
-    """Count one shadow comparison and its cosine / recall."""
+def observe_comparison(endpoint: str, measured: Mapping[str, float], *, matched: bool) -> None:
+    """Count one shadow comparison and its cosine / recall (a `Comparison`'s metrics)."""
     PARITY_COMPARISONS.labels(endpoint, "match" if matched else "mismatch").inc()
-    if "min_cosine" in comparison.metrics:
-        PARITY_COSINE.labels(endpoint).observe(comparison.metrics["min_cosine"])
-    if "recall" in comparison.metrics:
-        PARITY_RECALL.labels(endpoint).observe(comparison.metrics["recall"])
-
-
-def observe_flags(state: FlagState, routes: RouteTable, pins: dict[str, Backend]) -> None:
-    """Publish the flag state this worker now serves."""
-    FLAG_GENERATION.set(state.generation)
-    for name in routes.routes:
-        effective = resolve(state, routes, pins, name)
-        for backend in BACKENDS:
-            FLAG_SERVING.labels(name, backend).set(1 if effective.flag.serve == backend else 0)
-        # -1, not an absent series: a multiprocess gauge cannot drop a label set once written.
-        percent = effective.flag.percent
-        FLAG_PERCENT.labels(name).set(-1 if percent is None else percent)
-        # A 0 before the first rollback, so increase() in the alert sees that rollback too.
-        GUARD_ROLLBACKS.labels(name)
-        conflict = bool(
-            effective.pinned_by
-            and effective.runtime
-            and effective.runtime.serve != effective.flag.serve
-        )
-        FLAG_PIN_CONFLICT.labels(name).set(1 if conflict else 0)
+    if "min_cosine" in measured:
+        PARITY_COSINE.labels(endpoint).observe(measured["min_cosine"])
+    if "recall" in measured:
+        PARITY_RECALL.labels(endpoint).observe(measured["recall"])
 
 
 AuditSource = Callable[[], Lines]

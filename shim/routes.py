@@ -19,9 +19,8 @@ from adapters.base import ADAPTER_MEMBERS, JSON_DIFF, Adapter, Comparing, JSONOb
 from adapters.declared import JqAdapter
 from adapters.errors import OptionsError
 from adapters.registry import ADAPTERS
-from shim.compare import Comparator
 from shim.errors import ConfigError
-from shim.types import BACKENDS, Backend
+from shim.types import BACKENDS, Backend, Comparator
 
 GO_PREFIX = "/_go"
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

@@ -397,7 +397,7 @@ def judge_sample(
         record["matched"] = not problems and not below
         if not record["matched"]:
             record["request"] = excerpt(bytes(capture.request_body))
-        metrics.observe_comparison(route.name, comparison, matched=record["matched"])
+        metrics.observe_comparison(route.name, comparison.metrics, matched=record["matched"])
     return record
 
 

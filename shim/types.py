@@ -11,6 +11,9 @@ from typing import Any, Literal
 Backend = Literal["rust", "go"]
 BACKENDS: tuple[Backend, ...] = ("rust", "go")
 
+# How two answers to one request are compared (shim.parity.compare): an adapter names its own.
+Comparator = Literal["cosine", "ranking", "json", "bytes"]
+
 
 class Outcome(StrEnum):
     """A judgement with three states: a parity verdict, a guard check. A `StrEnum`, so JSON,
