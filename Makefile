@@ -28,7 +28,7 @@ demo: $(BIN)/.installed
 
 # etcd plus two shim instances sharing their flags (needs Debian's etcd-server)
 demo-fleet: $(BIN)/.installed
-	$(BIN)/python -m shim.fleet_demo
+	$(BIN)/python -m shim.cli.fleet_demo
 
 test: $(BIN)/.installed lint
 	$(BIN)/pytest
@@ -36,6 +36,7 @@ test: $(BIN)/.installed lint
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # The benchmark lives in benchmarks/ (not in the wheel): `shim bench` loads it from this
 # checkout. ARGS are shim bench's options, e.g. make bench ARGS="--scenarios small --duration 5"

@@ -1,6 +1,6 @@
 """The benchmark: `shim bench` and the one-off measurements beside it; never shipped in the wheel.
 
-`shim bench` loads this package from the checkout (see `shim.cli.run_bench`): it needs the
+`shim bench` loads this package from the checkout (see `shim.cli.main.run_bench`): it needs the
 servers and scripts of this folder, which an installed wheel does not have. Its modules, one
 job each, top to bottom:
 

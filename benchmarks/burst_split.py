@@ -4,7 +4,7 @@ Run: .venv/bin/python benchmarks/burst_split.py [--bursts 8] [--json FILE]   (Li
 
 Two layouts of the same app (`shim.app:create_app`) with two workers: uvicorn's own
 `--workers 2`, where both workers accept from one shared listening socket, and `shim serve
---workers 2`, one SO_REUSEPORT socket per worker (shim/supervisor.py). For each burst, 32
+--workers 2`, one SO_REUSEPORT socket per worker (shim/serving/supervisor.py). For each burst, 32
 connections are opened at once, each sends one keep-alive `GET /_shim/healthz`, and the
 connections each worker holds are counted from /proc; then all are closed. The README's
 Workers section quotes a stored run (benchmarks/results/*-burst-split.json).

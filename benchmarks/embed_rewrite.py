@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/embed_rewrite.py [--texts 1,8,64,256] [--dim 768]
 
 Per batch size and direction: microseconds per answer and per vector for the old path
-(`orjson.loads` -> adapter -> `orjson.dumps`) and the new one (`shim.vector_wire`), on answers
-written the way the gateways write them (float32 shortest text). Only ratios within one run
+(`orjson.loads` -> adapter -> `orjson.dumps`) and the new one
+(`shim.serving.vector_wire`), on answers written the way the gateways write them (float32
+shortest text). Only ratios within one run
 mean anything on a loaded machine.
 """
 
@@ -18,7 +19,7 @@ import numpy as np
 import orjson
 
 from adapters.embed import EMBED, EmbedOptions
-from shim.vector_wire import embed_answer
+from shim.serving.vector_wire import embed_answer
 
 OPTIONS = EmbedOptions(default_model={"rust": "r", "go": "g"})
 

@@ -24,10 +24,10 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shim.etcd import Etcd, kv_value
-from shim.etcd_store import EtcdBackend
-from shim.flags import FlagStore
-from shim.routes import load_routes
+from shim.cutover.etcd import Etcd, kv_value
+from shim.cutover.etcd_store import EtcdBackend
+from shim.cutover.flags import FlagStore
+from shim.route_config import load_routes
 from shim.settings import PROJECT_ROOT
 from tests.servers import EtcdServer, Shim, reference
 

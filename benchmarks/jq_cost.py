@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from shim.routes import load_routes
+from shim.route_config import load_routes
 from shim.settings import PROJECT_ROOT
 
 ROUTES = load_routes(PROJECT_ROOT / "config" / "routes.toml")

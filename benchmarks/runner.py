@@ -1,7 +1,7 @@
 """`shim bench` itself: start every chosen scenario, measure each target once per round, in
 turn (A B A B), then print and write what was measured.
 
-`run(args)` is the command's body: `shim.cli.run_bench` finds this package in the checkout
+`run(args)` is the command's body: `shim.cli.main.run_bench` finds this package in the checkout
 and calls it with the parsed options (`--duration`, `--scenarios`, ... as `shim bench --help`
 lists them).
 """

@@ -224,7 +224,8 @@ class Bench:
 
     def burst(self) -> list[Target]:
         """`burst_size` requests at once against the fast stub: nginx as a reverse proxy, the
-        shim with 1 and with 2 workers (shim/admission.py queues what the limit cannot take)."""
+        shim with 1 and with 2 workers (shim/serving/admission.py queues what the limit cannot
+        take)."""
         stub, nginx, nginx_pids = self.fast_stub()
         one_url, _, one_pids = self.shim(stub, stub)
         two_url, _, two_pids = self.shim(stub, stub, workers=2)

@@ -22,9 +22,9 @@ from playwright.sync_api import sync_playwright
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shim.file_store import FileBackend  # noqa: E402
-from shim.flags import FlagStore  # noqa: E402
-from shim.routes import load_routes  # noqa: E402
+from shim.cutover.file_store import FileBackend  # noqa: E402
+from shim.cutover.flags import FlagStore  # noqa: E402
+from shim.route_config import load_routes  # noqa: E402
 from tests.servers import Shim, reference  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """Server-side render time of the operator page with 8 endpoints and 10,000 audit entries.
 
-In one process, no network: the admin app (shim/admin.py with the page mounted) over a state
+In one process, no network: the admin app (shim/ops/admin.py with the page mounted) over a state
 directory holding 10,000 audit records and 400 parity samples, requests sent through
 Starlette's TestClient. Cases: the page when nothing changed (what a page polling every
 second costs), after the audit trail grew by a line (its tail is read), after the file was
@@ -21,15 +21,15 @@ from pathlib import Path
 import orjson
 from starlette.testclient import TestClient
 
-from shim.admin import AdminContext, build_admin
-from shim.file_store import AUDIT_FILE, FileBackend
-from shim.flag_view import FlagView
-from shim.flags import FlagStore
-from shim.parity import ParityStore
-from shim.routes import load_routes
+from shim.cutover.file_store import AUDIT_FILE, FileBackend
+from shim.cutover.flag_view import FlagView
+from shim.cutover.flags import FlagStore
+from shim.cutover.workers import WorkerRegistry
+from shim.ops.admin import AdminContext, build_admin
+from shim.parity.verdicts import ParityStore
+from shim.route_config import load_routes
+from shim.serving.upstream import Upstream
 from shim.settings import Settings
-from shim.upstream import Upstream
-from shim.workers import WorkerRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,21 +19,22 @@ from collections.abc import AsyncIterator, Callable
 import orjson
 
 from shim import logs, metrics
-from shim.admin import AdminContext, build_admin
-from shim.edge import EdgeGuard
+from shim.cutover.flag_state import FlagState, check_pins, state_document
+from shim.cutover.flag_view import FlagView, publish_flag_metrics
+from shim.cutover.fleet import open_stores
+from shim.cutover.guard import Guard
+from shim.cutover.workers import HEARTBEAT_SECONDS, WorkerStatus
 from shim.errors import NotFound
-from shim.exchange import Exchange, send_error
-from shim.flag_state import FlagState, check_pins, state_document
-from shim.flag_view import FlagView, publish_flag_metrics
-from shim.fleet import open_stores
-from shim.guard import Guard
-from shim.proxy import Proxy
-from shim.routes import RouteTable, load_routes
+from shim.ops.admin import AdminContext, build_admin
+from shim.route_config import load_routes
+from shim.routes import RouteTable
+from shim.serving.edge import EdgeGuard
+from shim.serving.exchange import Exchange, send_error
+from shim.serving.proxy import Proxy
+from shim.serving.shadow import Shadower
+from shim.serving.upstream import Upstream
 from shim.settings import Settings, load_settings
-from shim.shadow import Shadower
 from shim.types import Receive, Scope, Send
-from shim.upstream import Upstream
-from shim.workers import HEARTBEAT_SECONDS, WorkerStatus
 
 log = logging.getLogger("shim.app")
 HEALTHZ = "/_shim/healthz"

@@ -20,7 +20,7 @@
     │   └── GateClosed             412 parity_gate (towards Go without a recent PASS)
     ├── FlagStateError             500 flag_state_corrupt (the stored state cannot be used)
     ├── FlagStoreUnavailable       503 flag_store_unavailable (etcd cannot be reached)
-    ├── Overloaded                 503 overloaded: shed after waiting (shim/admission.py)
+    ├── Overloaded                 503 overloaded: shed after waiting (shim/serving/admission.py)
     └── BackendError               502 backend_error: the backend failed or answered badly
         ├── BackendUnreachable     502 backend_unreachable
         ├── BadBackendAnswer       502 bad_backend_answer
@@ -213,7 +213,7 @@ class Conflict(FlagError):
 
 
 class GateClosed(FlagError):
-    """Moving traffic towards Go without a recent PASS parity verdict (shim/gate.py)."""
+    """Moving traffic towards Go without a recent PASS parity verdict (shim/cutover/gate.py)."""
 
     status_code = 412
     code = "parity_gate"
@@ -233,7 +233,7 @@ class FlagStoreUnavailable(ShimError):
 
 
 class Overloaded(ShimError):
-    """No slot to a backend came free within the wait budget (shim/admission.py), its queue
+    """No slot to a backend came free within the wait budget (shim/serving/admission.py), its queue
     is full, or the worker is past limit_concurrency: shed, retry shortly."""
 
     status_code = 503

@@ -81,8 +81,9 @@ class Settings(BaseSettings):
     connect_timeout: float = Field(2.0, gt=0)
     read_timeout: float = Field(30.0, gt=0)
     max_connections_per_backend: int = Field(256, ge=1)  # ceiling of the adaptive limit
-    # Admission (shim/admission.py), per backend per worker: past the in-flight limit a request
-    # waits up to queue_timeout (a route may override) among at most queue_limit waiters.
+    # Admission (shim/serving/admission.py), per backend per worker: past the in-flight
+    # limit a request waits up to queue_timeout (a route may override) among at most
+    # queue_limit waiters.
     queue_timeout: float = Field(2.0, gt=0)
     queue_limit: int = Field(4096, ge=1)
     admission_floor: int = Field(16, ge=1)  # the adaptive limit's lowest value

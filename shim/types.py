@@ -30,7 +30,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# The server puts a DisconnectSignal in scope["extensions"] under this key (shim/protocol.py).
+# The server puts a DisconnectSignal in scope["extensions"] under this key
+# (shim/serving/protocol.py).
 DISCONNECT_EXTENSION = "shim.disconnect"
 
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import httpx
 
-from shim.file_store import FileBackend
-from shim.flags import FlagStore
-from shim.routes import load_routes
+from shim.cutover.file_store import FileBackend
+from shim.cutover.flags import FlagStore
+from shim.route_config import load_routes
 from tests.servers import ROOT, Shim
 
 ROUTES = load_routes(ROOT / "config" / "routes.toml")

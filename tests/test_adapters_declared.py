@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from adapters.declared import JqAdapter
 from adapters.errors import AdapterError, ShapeError
 from shim.errors import ConfigError
-from shim.routes import load_routes, parse_routes
+from shim.route_config import load_routes, parse_routes
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "config" / "routes.toml"

@@ -15,7 +15,7 @@ from adapters.chat import CHAT
 from adapters.errors import ShapeError
 from adapters.search import RETRIEVE, VECTORS_SEARCH
 from adapters.sql import SQL
-from shim.routes import load_routes
+from shim.route_config import load_routes
 
 ids = st.text(min_size=1, max_size=8)
 scores = st.floats(min_value=-1.0, max_value=1.0, allow_nan=False)

@@ -1,4 +1,5 @@
-"""Admission rules (shim/admission.py) with an injected clock and timer: no server, no sleeps.
+"""Admission rules (shim/serving/admission.py) with an injected clock and timer: no server,
+no sleeps.
 
 The same rules under real load, against real servers, are in tests/test_overload.py.
 """
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from shim.admission import Admission, GradientLimit, Shed, SlidingMinimum
+from shim.serving.admission import Admission, GradientLimit, Shed, SlidingMinimum
 
 
 class Clock:

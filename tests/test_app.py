@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from shim.app import ShimApp
-from shim.disconnect import CancelOnDisconnect, ClientDisconnected
-from shim.routes import load_routes
+from shim.route_config import load_routes
+from shim.serving.disconnect import CancelOnDisconnect, ClientDisconnected
 from shim.settings import load_settings
 from shim.types import DISCONNECT_EXTENSION, DisconnectSignal
 

@@ -1,5 +1,7 @@
-"""Dependencies point one way: adapters are pure, only the serving pieces (the process
-model of `shim serve`, its HTTP protocol and supervisor) import uvicorn; the CLI calls them."""
+"""Dependencies point one way: adapters are pure; shim's layers import only downward
+(vocabulary < parity < cutover < serving < ops < cli); only the serving layer's process
+model, protocol and supervisor import uvicorn; the product never imports the reference
+backends; no module grows past one job's size."""
 
 from __future__ import annotations
 
@@ -40,20 +42,114 @@ def test_adapters_import_only_the_stdlib_basics_and_numpy() -> None:
         assert imports(path) <= allowed, path.name
 
 
-def test_only_the_serving_pieces_import_uvicorn() -> None:
-    users = {p.name for p in (ROOT / "shim").rglob("*.py") if "uvicorn" in imports(p)}
-    assert users == {"serve.py", "protocol.py", "supervisor.py"}  # serving pieces only
-    app_side = {
-        p.name
+# The layers of shim/, lowest first. A module may import its own layer and those below it,
+# never one above: the vocabulary (flat modules) knows no layer; parity knows the
+# vocabulary; the cutover knows parity (the gate reads verdicts); serving knows the
+# cutover (the proxy reads flags); the operator's surface knows serving (readyz asks the
+# backends); the CLI is the top. `shim.app` is the composition root: it assembles the
+# layers below the CLI and only the process model names it (as uvicorn's factory string).
+LAYERS = ("vocabulary", "parity", "cutover", "serving", "ops", "cli")
+ROOT_MODULE = "shim.app"
+STAND_IN = "shim.reference"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer_of(module: str) -> str:
+    """The layer a `shim.*` module belongs to (its sub-package; flat modules: vocabulary)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else "vocabulary"
+
+
+def shim_imports(path: Path) -> set[str]:
+    """Every `shim.*` module `path` imports, at the top, in a function or for typing only."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("shim."))
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "shim":
+                found.update(f"shim.{a.name}" for a in node.names if a.name != "__version__")
+            elif node.module.startswith("shim."):
+                found.add(node.module)  # `from shim.ops import views`: the layer's package
+    return found
+
+
+def product_modules() -> list[Path]:
+    return [
+        p
         for p in (ROOT / "shim").rglob("*.py")
-        if "shim.protocol" in p.read_text() and p.name != "protocol.py"
+        if ROOT / "shim" / "reference" not in p.parents and p.name != "__main__.py"
+    ]
+
+
+def test_every_module_sits_in_a_known_place() -> None:
+    unknown = {
+        module_name(p)
+        for p in product_modules()
+        if len(module_name(p).split(".")) > 2 and module_name(p).split(".")[1] not in LAYERS
     }
-    assert app_side == {"serve.py"}
-    assert "shim.supervisor" not in (ROOT / "shim" / "app.py").read_text()
+    assert not unknown, f"a sub-package that is not a layer: {sorted(unknown)}"
+
+
+def test_layers_import_only_downward() -> None:
+    upward = []
+    for path in product_modules():
+        importer = module_name(path)
+        for imported in shim_imports(path):
+            if imported == STAND_IN or imported.startswith(STAND_IN + "."):
+                continue  # the one door is held by the test below
+            if imported == ROOT_MODULE:
+                upward.append(f"{importer} imports the composition root {imported}")
+                continue
+            if importer == ROOT_MODULE:
+                if layer_of(imported) == "cli":
+                    upward.append(f"{importer} imports the CLI ({imported})")
+                continue
+            mine, theirs = LAYERS.index(layer_of(importer)), LAYERS.index(layer_of(imported))
+            if theirs > mine:
+                upward.append(f"{importer} ({LAYERS[mine]}) imports {imported} ({LAYERS[theirs]})")
+    assert not upward, "\n".join(sorted(upward))
+
+
+def test_the_layer_rule_can_fail() -> None:
+    """The rule above reads real imports: a module of a lower layer naming a higher one is
+    caught (the check is not vacuous)."""
+    assert "shim.serving.proxy" in shim_imports(ROOT / "shim" / "app.py")
+    assert LAYERS.index(layer_of("shim.serving.proxy")) > LAYERS.index(layer_of("shim.routes"))
+    assert layer_of("shim.cutover.flags") == "cutover" and layer_of("shim.errors") == "vocabulary"
+    assert layer_of("shim.ops") == "ops"  # `from shim.ops import views` names the layer too
+
+
+def test_only_the_serving_layer_imports_uvicorn() -> None:
+    users = {module_name(p) for p in (ROOT / "shim").rglob("*.py") if "uvicorn" in imports(p)}
+    assert users == {"shim.serving.process", "shim.serving.protocol", "shim.serving.supervisor"}
+    app_side = {
+        module_name(p)
+        for p in (ROOT / "shim").rglob("*.py")
+        if "shim.serving.protocol" in shim_imports(p)
+    }
+    assert app_side == {"shim.serving.process"}
+    assert "shim.serving.supervisor" not in shim_imports(ROOT / "shim" / "app.py")
 
 
 def test_types_module_imports_nothing_of_the_shim() -> None:
     assert "shim" not in imports(ROOT / "shim" / "types.py")
+
+
+MAX_MODULE_LINES = 460  # "no module over ~450 lines": one job a module
+
+
+def test_no_module_is_over_its_size() -> None:
+    sizes = {
+        str(p.relative_to(ROOT)): len(p.read_text().splitlines())
+        for folder in ("shim", "adapters", "benchmarks")
+        for p in (ROOT / folder).rglob("*.py")
+    }
+    assert {f: n for f, n in sizes.items() if n > MAX_MODULE_LINES} == {}
 
 
 def reference_imports(path: Path) -> list[str]:

@@ -10,10 +10,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from shim.backend_url import backend_url
-from shim.bodies import read_backend_body, read_capped
 from shim.errors import BackendError, BadBackendAnswer
-from shim.routes import load_routes
+from shim.route_config import load_routes
+from shim.serving.backend_url import backend_url
+from shim.serving.bodies import read_backend_body, read_capped
 from shim.types import Backend
 
 ROOT = Path(__file__).resolve().parent.parent

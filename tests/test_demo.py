@@ -16,10 +16,10 @@ from pathlib import Path
 
 import httpx
 
-from shim.demo import DEFAULT_PORTS, TOUR, prepare_state, tour
-from shim.file_store import FileBackend
-from shim.flags import FlagStore
-from shim.routes import load_routes
+from shim.cli.demo import DEFAULT_PORTS, TOUR, prepare_state, tour
+from shim.cutover.file_store import FileBackend
+from shim.cutover.flags import FlagStore
+from shim.route_config import load_routes
 from tests.servers import ROOT, base_env, free_port
 
 SHIM_COMMAND = str(Path(sys.executable).parent / "shim")

@@ -9,8 +9,8 @@ import jq
 import numpy as np
 import pytest
 
-from shim.compare import compare, leaf_columns
-from shim.drift import propose
+from shim.parity.compare import compare, leaf_columns
+from shim.parity.drift import propose
 
 
 def record(target: dict[str, Any], source: dict[str, Any], *, dialect: str = "rust") -> Any:

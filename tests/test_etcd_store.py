@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from shim import etcd_store
+from shim.cutover import etcd_store
+from shim.cutover.etcd import Etcd, b64, prefix_end
+from shim.cutover.etcd_fleet import EtcdEvidence
+from shim.cutover.etcd_store import EtcdBackend
+from shim.cutover.file_store import FileBackend
+from shim.cutover.flag_view import FlagView
+from shim.cutover.flags import FlagStore
 from shim.errors import FlagStoreUnavailable
-from shim.etcd import Etcd, b64, prefix_end
-from shim.etcd_fleet import EtcdEvidence
-from shim.etcd_store import EtcdBackend
-from shim.file_store import FileBackend
-from shim.flag_view import FlagView
-from shim.flags import FlagStore
-from shim.parity import ParityStore
-from shim.routes import load_routes
+from shim.parity.verdicts import ParityStore
+from shim.route_config import load_routes
 from shim.settings import PROJECT_ROOT
 from tests.servers import EtcdServer
 
@@ -131,7 +131,7 @@ def test_with_auth_on_the_store_authenticates_and_says_what_to_fix_when_refused(
 def test_a_single_host_state_moves_into_etcd_with_its_history(
     etcd: EtcdServer, tmp_path: Path
 ) -> None:
-    from shim.fleet import export_document, import_document
+    from shim.cutover.fleet import export_document, import_document
 
     single = FlagStore(FileBackend(tmp_path / "host", ROUTES), ROUTES, {})
     single.set("embed", serve="go", actor="cli:ops", reason="cut over")

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
+from shim.cutover.etcd import Etcd
+from shim.cutover.fleet import Stores, open_stores
+from shim.cutover.workers import WorkerStatus
 from shim.errors import Conflict, FlagStateError
-from shim.etcd import Etcd
-from shim.fleet import Stores, open_stores
-from shim.routes import load_routes
+from shim.route_config import load_routes
 from shim.settings import PROJECT_ROOT, Settings
-from shim.workers import WorkerStatus
 from tests.servers import EtcdServer
 
 ROUTES = load_routes(PROJECT_ROOT / "config" / "routes.toml")

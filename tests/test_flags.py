@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from shim.cutover.file_store import FileBackend
+from shim.cutover.file_store import audit_lines as audit_trail
+from shim.cutover.flag_view import FlagView
+from shim.cutover.flags import FlagStore
 from shim.errors import Conflict, FlagPinned, FlagRefused, UnknownEndpoint
-from shim.file_store import FileBackend
-from shim.file_store import audit_lines as audit_trail
-from shim.flag_view import FlagView
-from shim.flags import FlagStore
-from shim.routes import load_routes
+from shim.route_config import load_routes
 
 ROUTES = load_routes(Path(__file__).resolve().parent.parent / "config" / "routes.toml")
 

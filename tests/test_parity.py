@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shim.compare import blocking, compare, percentiles
-from shim.parity import judge, markdown
+from shim.parity.compare import blocking, compare, percentiles
+from shim.parity.verdicts import judge, markdown
 from tests.flipping import ROUTES
 from tests.servers import SHIM, base_env
 
@@ -156,7 +156,7 @@ def test_markdown_rows_follow_the_seed_log() -> None:
 
 
 def test_forgetting_one_endpoints_samples_keeps_the_others(tmp_path: Path) -> None:
-    from shim.parity import ParityStore
+    from shim.parity.verdicts import ParityStore
 
     store = ParityStore(tmp_path)
     for endpoint in ("embed", "sql", "embed"):

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import httpx
 
-from shim.caller import caller_of
-from shim.canary import bucket
-from shim.fallback import RetryBudget
-from shim.file_store import FileBackend
-from shim.flag_view import FlagView
-from shim.flags import FlagStore
-from shim.guard import Guard
+from shim.cutover.canary import bucket
+from shim.cutover.fallback import RetryBudget
+from shim.cutover.file_store import FileBackend
+from shim.cutover.flag_view import FlagView
+from shim.cutover.flags import FlagStore
+from shim.cutover.guard import Guard
 from shim.headers import client_request
+from shim.serving.caller import caller_of
 from tests.flipping import ROUTES, wait_for_generation, wait_for_parity
 from tests.servers import Shim, free_port
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from shim.errors import ConfigError
-from shim.routes import load_routes, parse_routes
+from shim.route_config import load_routes, parse_routes
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "config" / "routes.toml"

@@ -14,10 +14,10 @@ import httpx
 import orjson
 import pytest
 
-from shim.file_store import FileBackend
-from shim.flags import FlagStore
+from shim.cutover.file_store import FileBackend
+from shim.cutover.flags import FlagStore
 from shim.reference.embedding import unit_embedding
-from shim.shadow import WorkBudget, compare_pair
+from shim.serving.shadow import WorkBudget, compare_pair
 from tests.flipping import ROUTES, wait_for_generation, wait_for_parity
 from tests.servers import Shim, reference
 

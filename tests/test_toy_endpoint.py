@@ -30,8 +30,8 @@ from starlette.routing import Route
 
 from adapters.base import Comparing, Dialect, JSONObject, Translation, require, require_object
 from adapters.errors import OptionsError
-from shim.flags import FlagStore
-from shim.routes import load_routes
+from shim.cutover.flags import FlagStore
+from shim.route_config import load_routes
 from tests.flipping import wait_for_generation, wait_for_parity
 from tests.servers import ROOT, Shim, own_backend
 

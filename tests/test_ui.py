@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
-from shim.file_store import read_audit
-from shim.sessions import SESSION_SECONDS, new_csrf, new_session, session_of
-from shim.ui_view import histogram_svg
-from shim.views import audit_view
+from shim.cutover.file_store import read_audit
+from shim.ops.sessions import SESSION_SECONDS, new_csrf, new_session, session_of
+from shim.ops.ui_view import histogram_svg
+from shim.ops.views import audit_view
 from tests.flipping import wait_for_generation, wait_for_parity
 from tests.servers import Shim
 

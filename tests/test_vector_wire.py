@@ -1,5 +1,5 @@
-"""Embed answers at the byte level (`shim.vector_wire`): the fast path gives what the slow one
-gives, splices only where the numbers do not change, and every bad answer still fails the same
+"""Embed answers at the byte level (`shim.serving.vector_wire`): the fast path gives what the slow
+one gives, splices only where the numbers do not change, and every bad answer still fails the same
 way. Plus one end-to-end check through `shim serve`."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from hypothesis.extra.numpy import arrays
 
 from adapters.embed import EMBED, EmbedOptions
 from adapters.errors import AdapterError, NonFiniteError, ShapeError
-from shim.compare import compare
-from shim.vector_wire import embed_answer, load_vectors, parse_answer
+from shim.parity.compare import compare
+from shim.serving.vector_wire import embed_answer, load_vectors, parse_answer
 from tests.servers import Shim
 
 MODELS = {"rust": "nomic-embed-text", "go": "nomic-embed-text-v2-moe"}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from shim.workers import WorkerRegistry, WorkerStatus
+from shim.cutover.workers import WorkerRegistry, WorkerStatus
 from tests.servers import SHIM, Shim, free_port
 
 

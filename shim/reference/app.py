@@ -27,7 +27,8 @@ from shim.reference.corpus import INDEX_NAME, Corpus
 from shim.reference.embedding import DIMENSIONS, MODELS, embed_batch, unit_embedding
 from shim.reference.sqldb import SqlDatabase, SqlRefused
 from shim.reference.storage import ObjectStore
-from shim.routes import RouteTable, load_routes
+from shim.route_config import load_routes
+from shim.routes import RouteTable
 from shim.settings import load_settings
 from shim.types import Backend
 
