@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from adapters.base import Comparing, Dialect, JSONObject, Translation, require, require_object
 from adapters.errors import OptionsError
+from shim.cutover.file_store import FileBackend
 from shim.cutover.flags import FlagStore
 from shim.route_config import load_routes
 from tests.flipping import wait_for_generation, wait_for_parity
@@ -179,7 +180,8 @@ def test_a_toy_endpoint_translates_shadows_probes_and_explains_with_only_its_ada
         assert answer.json() == {"coords": circle(4), "label": "circle"}
 
         # Shadow: mirrored to Go and compared by cosine on the adapter's own field.
-        store = FlagStore(shim.state_dir, load_routes(table), {})
+        routes = load_routes(table)
+        store = FlagStore(FileBackend(shim.state_dir, routes), routes, {})
         store.set("sketch", serve="rust", shadow=True, actor="test")
         wait_for_generation(shim, store.read().generation)
         for n in (3, 5, 8):
