@@ -20,6 +20,7 @@ PREFIX ?= /opt/cutover-shim
 install:
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
 	$(PYTHON) -m venv $(PREFIX)/.venv
+	rm -rf build  # setuptools never prunes build/lib: a module since removed would ship
 	$(PREFIX)/.venv/bin/pip install --quiet --disable-pip-version-check --upgrade .
 	[ -e $(PREFIX)/config ] || cp -r config $(PREFIX)/config
 
