@@ -199,161 +199,183 @@ def expected_generation(document: dict[str, Any]) -> int | None:
     return value
 
 
-def build_admin(context: AdminContext) -> Starlette:
-    """The admin app for one worker."""
-    settings, store = context.settings, context.store
+def context_of(request: Request) -> AdminContext:
+    """The worker's parts the handlers work with, put on the app by `build_admin`."""
+    context: AdminContext = request.app.state.admin
+    return context
 
-    async def wait(generation: int) -> Applied:
-        return await context.workers.wait_applied_async(
-            generation, within=settings.flip_wait_seconds
-        )
 
-    async def index(request: Request) -> Response:
-        """This list of the admin routes."""
-        return JSONResponse(route_index(routes))
-
-    async def healthz(request: Request) -> Response:
-        """The worker is alive: {"status": "ok", "worker": PID}."""
-        return JSONResponse({"status": "ok", "worker": os.getpid()})
-
-    async def readyz(request: Request) -> Response:
-        """200 when both backends answer HTTP, else 503; flag generation and warnings."""
-        probes = await asyncio.gather(
-            *(context.upstream.probe(b, settings.backend_health_path) for b in BACKENDS)
-        )
-        backends = dict(zip(BACKENDS, probes, strict=True))
-        ready = all(probe["reachable"] for probe in probes)
-        state = context.flags.state
-        document = {
-            "ready": ready,
-            "backends": backends,
-            "generation": state.generation,
-            "flag_load_errors": context.flags.load_errors,
-            "flag_store": store.backend.status(),
-            "warnings": pin_conflicts(state, context.routes, store.pins),
-        }
-        return JSONResponse(document, 200 if ready else 503)
-
-    async def get_flags(request: Request) -> Response:
-        """Every endpoint's flag in force, the generation, each live worker's generation."""
-        return JSONResponse(await asyncio.to_thread(flags_document, context))
-
-    async def put_flag(request: Request) -> Response:
-        """Change one flag: {"serve", "shadow", "percent", "reason", "force", "dry_run"}."""
-        authorize(request, settings.admin_token)
-        endpoint = request.path_params["endpoint"]
-        update = flag_update(await json_object(request))
-        decision, change = await asyncio.to_thread(
-            gated_set,
-            settings,
-            store,
-            context.parity,
-            endpoint,
-            serve=update.get("serve"),
-            shadow=update.get("shadow"),
-            percent=update.get("percent", UNCHANGED),
-            actor=actor_of(request),
-            reason=update.get("reason"),
-            force=update.get("force", False),
-            dry_run=update.get("dry_run", False),
-            expected_generation=update.get("expected_generation"),
-        )
-        if update.get("dry_run"):
-            return JSONResponse({"dry_run": True, **decision.to_dict()})
-        if change is None:
-            current = resolve(store.read(), context.routes, store.pins, endpoint)
-            return JSONResponse(
-                {"endpoint": endpoint, "changed": False, "flag": current.flag.settings()}
-            )
-        applied = await wait(change.generation)
-        return JSONResponse(
-            {
-                **change_document(change),
-                "changed": True,
-                "gate": decision.reason,
-                "applied": applied.to_dict(),
-            }
-        )
-
-    async def rollback(request: Request) -> Response:
-        """Send endpoints back to rust: {"endpoints": [...], "reason": "..."} (optional)."""
-        authorize(request, settings.admin_token)
-        document = await json_object(request, optional=True)
-        unknown = set(document) - {"endpoints", "reason", "expected_generation"}
-        if unknown:
-            raise InvalidValue(
-                f"unknown key {sorted(unknown)[0]!r}; allowed: endpoints, reason, "
-                "expected_generation"
-            )
-        endpoints = document.get("endpoints")
-        if endpoints is not None and (
-            not isinstance(endpoints, list) or not all(isinstance(e, str) for e in endpoints)
-        ):
-            raise InvalidValue("endpoints must be a list of endpoint names")
-        changes = await asyncio.to_thread(
-            store.rollback,
-            endpoints or None,
-            actor=actor_of(request),
-            reason=document.get("reason"),
-            expected_generation=expected_generation(document),
-        )
-        applied = await wait(changes[0].generation) if changes else None
-        return JSONResponse(
-            {
-                "changes": [change_document(c) for c in changes],
-                "applied": applied.to_dict() if applied else None,
-            }
-        )
-
-    async def parity(request: Request) -> Response:
-        """Every shadowable endpoint's parity verdict and evidence."""
-        records = await asyncio.to_thread(
-            context.parity.samples, window_seconds=settings.parity_window_hours * 3600
-        )
-        return JSONResponse(
-            parity_view(context.routes, records, window_hours=settings.parity_window_hours)
-        )
-
-    async def metrics_text(request: Request) -> Response:
-        """Prometheus text format, summed over every worker."""
-        metrics.flush()  # this worker's last second; the others flush on their own
-        body = await asyncio.to_thread(metrics.render, store.backend.audit)
-        return Response(body, media_type=metrics.CONTENT_TYPE)
-
-    async def shim_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ShimError)
-        if isinstance(exc, Conflict) and exc.state is None:
-            exc.state = await asyncio.to_thread(current_flags, context)
-        return error_response(exc)
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        if exc.status_code == 405:
-            given = {k.lower(): v for k, v in (exc.headers or {}).items()}
-            allowed = frozenset(m.strip() for m in given.get("allow", "").split(",") if m.strip())
-            error: ShimError = MethodNotAllowed(
-                f"{request.method} is not allowed on {request.url.path} "
-                f"(allowed: {', '.join(sorted(allowed))})",
-                allowed=allowed,
-            )
-        else:
-            error = NotFound(f"no admin route {request.url.path}: GET / lists the admin routes")
-        return error_response(error)
-
-    routes: list[BaseRoute] = [
-        Route("/", index, methods=["GET"]),
-        Route("/_shim/healthz", healthz, methods=["GET"]),
-        Route("/_shim/readyz", readyz, methods=["GET"]),
-        Route("/_shim/flags", get_flags, methods=["GET"]),
-        Route("/_shim/flags/{endpoint}", put_flag, methods=["PUT"]),
-        Route("/_shim/rollback", rollback, methods=["POST"]),
-        Route("/_shim/parity", parity, methods=["GET"]),
-        Route("/metrics", metrics_text, methods=["GET"]),
-        *ui_routes(context),
-    ]
-    return Starlette(
-        routes=routes, exception_handlers={ShimError: shim_error, HTTPException: http_error}
+async def wait_applied(context: AdminContext, generation: int) -> Applied:
+    return await context.workers.wait_applied_async(
+        generation, within=context.settings.flip_wait_seconds
     )
+
+
+async def index(request: Request) -> Response:
+    """This list of the admin routes."""
+    return JSONResponse(route_index(request.app.routes))
+
+
+async def healthz(request: Request) -> Response:
+    """The worker is alive: {"status": "ok", "worker": PID}."""
+    return JSONResponse({"status": "ok", "worker": os.getpid()})
+
+
+async def readyz(request: Request) -> Response:
+    """200 when both backends answer HTTP, else 503; flag generation and warnings."""
+    context = context_of(request)
+    settings, store = context.settings, context.store
+    checks = await asyncio.gather(
+        *(context.upstream.check_health(b, settings.backend_health_path) for b in BACKENDS)
+    )
+    backends = dict(zip(BACKENDS, checks, strict=True))
+    ready = all(check["reachable"] for check in checks)
+    state = context.flags.state
+    document = {
+        "ready": ready,
+        "backends": backends,
+        "generation": state.generation,
+        "flag_load_errors": context.flags.load_errors,
+        "flag_store": store.backend.status(),
+        "warnings": pin_conflicts(state, context.routes, store.pins),
+    }
+    return JSONResponse(document, 200 if ready else 503)
+
+
+async def get_flags(request: Request) -> Response:
+    """Every endpoint's flag in force, the generation, each live worker's generation."""
+    return JSONResponse(await asyncio.to_thread(flags_document, context_of(request)))
+
+
+async def put_flag(request: Request) -> Response:
+    """Change one flag: {"serve", "shadow", "percent", "reason", "force", "dry_run"}."""
+    context = context_of(request)
+    settings, store = context.settings, context.store
+    authorize(request, settings.admin_token)
+    endpoint = request.path_params["endpoint"]
+    update = flag_update(await json_object(request))
+    decision, change = await asyncio.to_thread(
+        gated_set,
+        settings,
+        store,
+        context.parity,
+        endpoint,
+        serve=update.get("serve"),
+        shadow=update.get("shadow"),
+        percent=update.get("percent", UNCHANGED),
+        actor=actor_of(request),
+        reason=update.get("reason"),
+        force=update.get("force", False),
+        dry_run=update.get("dry_run", False),
+        expected_generation=update.get("expected_generation"),
+    )
+    if update.get("dry_run"):
+        return JSONResponse({"dry_run": True, **decision.to_dict()})
+    if change is None:
+        current = resolve(store.read(), context.routes, store.pins, endpoint)
+        return JSONResponse(
+            {"endpoint": endpoint, "changed": False, "flag": current.flag.settings()}
+        )
+    applied = await wait_applied(context, change.generation)
+    return JSONResponse(
+        {
+            **change_document(change),
+            "changed": True,
+            "gate": decision.reason,
+            "applied": applied.to_dict(),
+        }
+    )
+
+
+async def rollback(request: Request) -> Response:
+    """Send endpoints back to rust: {"endpoints": [...], "reason": "..."} (optional)."""
+    context = context_of(request)
+    authorize(request, context.settings.admin_token)
+    document = await json_object(request, optional=True)
+    unknown = set(document) - {"endpoints", "reason", "expected_generation"}
+    if unknown:
+        raise InvalidValue(
+            f"unknown key {sorted(unknown)[0]!r}; allowed: endpoints, reason, expected_generation"
+        )
+    endpoints = document.get("endpoints")
+    if endpoints is not None and (
+        not isinstance(endpoints, list) or not all(isinstance(e, str) for e in endpoints)
+    ):
+        raise InvalidValue("endpoints must be a list of endpoint names")
+    changes = await asyncio.to_thread(
+        context.store.rollback,
+        endpoints or None,
+        actor=actor_of(request),
+        reason=document.get("reason"),
+        expected_generation=expected_generation(document),
+    )
+    applied = await wait_applied(context, changes[0].generation) if changes else None
+    return JSONResponse(
+        {
+            "changes": [change_document(c) for c in changes],
+            "applied": applied.to_dict() if applied else None,
+        }
+    )
+
+
+async def parity(request: Request) -> Response:
+    """Every shadowable endpoint's parity verdict and evidence."""
+    context = context_of(request)
+    hours = context.settings.parity_window_hours
+    records = await asyncio.to_thread(context.parity.samples, window_seconds=hours * 3600)
+    return JSONResponse(parity_view(context.routes, records, window_hours=hours))
+
+
+async def metrics_text(request: Request) -> Response:
+    """Prometheus text format, summed over every worker."""
+    metrics.flush()  # this worker's last second; the others flush on their own
+    body = await asyncio.to_thread(metrics.render, context_of(request).store.backend.audit)
+    return Response(body, media_type=metrics.CONTENT_TYPE)
+
+
+async def shim_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ShimError)
+    if isinstance(exc, Conflict) and exc.state is None:
+        exc.state = await asyncio.to_thread(current_flags, context_of(request))
+    return error_response(exc)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        given = {k.lower(): v for k, v in (exc.headers or {}).items()}
+        allowed = frozenset(m.strip() for m in given.get("allow", "").split(",") if m.strip())
+        error: ShimError = MethodNotAllowed(
+            f"{request.method} is not allowed on {request.url.path} "
+            f"(allowed: {', '.join(sorted(allowed))})",
+            allowed=allowed,
+        )
+    else:
+        error = NotFound(f"no admin route {request.url.path}: GET / lists the admin routes")
+    return error_response(error)
+
+
+ADMIN_ROUTES: tuple[BaseRoute, ...] = (
+    Route("/", index, methods=["GET"]),
+    Route("/_shim/healthz", healthz, methods=["GET"]),
+    Route("/_shim/readyz", readyz, methods=["GET"]),
+    Route("/_shim/flags", get_flags, methods=["GET"]),
+    Route("/_shim/flags/{endpoint}", put_flag, methods=["PUT"]),
+    Route("/_shim/rollback", rollback, methods=["POST"]),
+    Route("/_shim/parity", parity, methods=["GET"]),
+    Route("/metrics", metrics_text, methods=["GET"]),
+)
+
+
+def build_admin(context: AdminContext) -> Starlette:
+    """The admin app for one worker: the plain handlers above, the page's routes, and the
+    worker's parts on `app.state` where `context_of` finds them."""
+    app = Starlette(
+        routes=[*ADMIN_ROUTES, *ui_routes(context)],
+        exception_handlers={ShimError: shim_error, HTTPException: http_error},
+    )
+    app.state.admin = context
+    return app
 
 
 def route_index(all_routes: Sequence[BaseRoute]) -> dict[str, Any]:
