@@ -25,7 +25,7 @@ from shim.routes import Route
 from shim.settings import Settings
 from shim.types import BACKENDS, Backend
 
-_PROBE_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
+_HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
 
 
 class PassThroughRequest(aiohttp.ClientRequest):
@@ -168,13 +168,13 @@ class Upstream:
             timeout=self.timeout(route),
         )
 
-    async def probe(self, backend: Backend, path: str) -> dict[str, object]:
+    async def check_health(self, backend: Backend, path: str) -> dict[str, object]:
         """Is the backend answering HTTP at all? Any status counts as reachable."""
         url = self.base_urls[backend] + path
         started = time.perf_counter()
         try:
             with translate_errors(backend, url):
-                async with self._sessions[backend].get(url, timeout=_PROBE_TIMEOUT) as response:
+                async with self._sessions[backend].get(url, timeout=_HEALTH_TIMEOUT) as response:
                     await response.read()
         except BackendError as exc:
             return {"reachable": False, "url": url, "error": exc.message}
