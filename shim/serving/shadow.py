@@ -33,6 +33,8 @@ from shim.parity.compare import (
 )
 from shim.parity.verdicts import ParityStore, excerpt
 from shim.routes import Route
+from shim.serving.backend_url import backend_url
+from shim.serving.bodies import read_capped
 from shim.serving.upstream import Upstream, decode_body, translate_errors
 from shim.serving.vector_wire import parse_answer
 from shim.settings import Settings
@@ -246,10 +248,8 @@ class Shadower:
             self.on_compared(record["endpoint"], bool(record.get("matched")))
 
     def url_for(self, route: Route, backend: Backend, capture: Capture) -> URL:
-        text = self.upstream.base_urls[backend] + route.faces[backend].render(capture.params)
-        if capture.query:
-            text += "?" + capture.query.decode("latin-1")
-        return URL(text, encoded=True)
+        base = self.upstream.base_urls[backend]
+        return backend_url(base, route.faces[backend], capture.params, capture.query)
 
     async def fetch(
         self,
@@ -264,16 +264,14 @@ class Shadower:
             async with self.upstream.request(
                 backend, route, method, url, headers=headers, data=payload
             ) as response:
-                chunks, size = [], 0
-                async for chunk in response.content.iter_any():
-                    size += len(chunk)
-                    if size > self.limit:
-                        raise BackendError(
-                            f"the {backend} shadow answer is over {self.limit} bytes"
-                        )
-                    chunks.append(chunk)
+                raw = await read_capped(
+                    response,
+                    limit=self.limit,
+                    refuse=BackendError,
+                    what=f"the {backend} shadow answer",
+                )
                 encoding = response.headers.get("Content-Encoding", "identity")
-                return response.status, decoded(b"".join(chunks), encoding)
+                return response.status, decoded(raw, encoding)
 
 
 class UnShadowable(Exception):
