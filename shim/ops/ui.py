@@ -84,36 +84,40 @@ templates.filters["describe"] = describe
 # -- the routes -------------------------------------------------------------------------
 
 
-def ui_routes(context: AdminContext) -> list[BaseRoute]:
-    """The page's routes, mounted on the admin app (never on the proxy port)."""
-    settings, store = context.settings, context.store
-    reader = Reader(context)
-    lock = asyncio.Lock()
+class OperatorPage:
+    """The page's handlers, one worker's: bound methods over the worker's parts (the admin
+    app's own handlers are plain functions; the page also keeps a reader with caches)."""
 
-    async def inputs() -> Inputs:
-        guard = guard_states(context)
-        async with lock:  # one reader at a time: its caches are not shared across threads
-            return await asyncio.to_thread(reader.read, guard)
+    def __init__(self, context: AdminContext) -> None:
+        self.context = context
+        self.settings, self.store = context.settings, context.store
+        self.reader = Reader(context)
+        self.lock = asyncio.Lock()  # one reader at a time: its caches are not shared
 
-    def key() -> bytes | None:
-        return signing_key(settings.admin_token) if settings.admin_token else None
+    async def inputs(self) -> Inputs:
+        guard = guard_states(self.context)
+        async with self.lock:  # one self.reader at a time: its caches are not shared across threads
+            return await asyncio.to_thread(self.reader.read, guard)
 
-    def session(request: Request) -> dict[str, Any] | None:
-        k = key()
+    def key(self) -> bytes | None:
+        return signing_key(self.settings.admin_token) if self.settings.admin_token else None
+
+    def session(self, request: Request) -> dict[str, Any] | None:
+        k = self.key()
         value = request.cookies.get(SESSION_COOKIE)
         return session_of(k, value, now=time.time()) if k and value else None
 
-    def page_model(request: Request, data: Inputs, **extra: Any) -> dict[str, Any]:
+    def page_model(self, request: Request, data: Inputs, **extra: Any) -> dict[str, Any]:
         query = request.query_params
-        selected = query.get("endpoint") if query.get("endpoint") in context.routes else None
-        audit_filter = query.get("audit") if query.get("audit") in context.routes else None
+        selected = query.get("endpoint") if query.get("endpoint") in self.context.routes else None
+        audit_filter = query.get("audit") if query.get("audit") in self.context.routes else None
         try:
             offset = max(0, int(query.get("offset", "0")))
         except ValueError:
             offset = 0
         verdict = data.parity["endpoints"].get(selected) if selected else None
         return {
-            "rows": rows_view(context.routes, data),
+            "rows": rows_view(self.context.routes, data),
             "flags": data.flags,
             "workers": data.workers,
             "split_seconds": data.split_seconds,
@@ -121,20 +125,20 @@ def ui_routes(context: AdminContext) -> list[BaseRoute]:
             "selected_flag": data.flags["endpoints"].get(selected) if selected else None,
             "verdict": verdict,
             "evidence": evidence(
-                selected, verdict, data.parity_records, context.routes[selected].parity
+                selected, verdict, data.parity_records, self.context.routes[selected].parity
             )
             if verdict and selected
             else None,
             "audit": audit_view(data.audit, endpoint=audit_filter, offset=offset),
             "audit_filter": audit_filter,
-            "endpoints": list(context.routes.routes),
-            "gate_on": settings.parity_gate,
+            "endpoints": list(self.context.routes.routes),
+            "gate_on": self.settings.parity_gate,
             "query": request.url.query,
             **extra,
         }
 
     def render(
-        name: str, model: dict[str, Any], status: int = 200, *, csrf: str | None = None
+        self, name: str, model: dict[str, Any], status: int = 200, *, csrf: str | None = None
     ) -> Response:
         response = HTMLResponse(templates.get_template(name).render(**model), status)
         response.headers.update(SECURITY_HEADERS)
@@ -144,9 +148,9 @@ def ui_routes(context: AdminContext) -> list[BaseRoute]:
             )
         return response
 
-    def csrf_for(request: Request) -> tuple[str, str | None]:
+    def csrf_for(self, request: Request) -> tuple[str, str | None]:
         """The request's CSRF token, and a new cookie value when it has none valid."""
-        k = key()
+        k = self.key()
         if k is None:
             return "", None
         value = request.cookies.get(CSRF_COOKIE, "")
@@ -155,40 +159,44 @@ def ui_routes(context: AdminContext) -> list[BaseRoute]:
         value = new_csrf(k)
         return value, value
 
-    async def page(request: Request, status: int = 200, **extra: Any) -> Response:
-        token, cookie = csrf_for(request)
+    async def page(self, request: Request, status: int = 200, **extra: Any) -> Response:
+        token, cookie = self.csrf_for(request)
         defaults = {"notice": None, "problem": None, "refusal": None, "conflict": None}
-        model = page_model(request, await inputs(), **{**defaults, "form_values": {}, **extra})
-        model.update(csrf=token, session=session(request), writes=settings.admin_token is not None)
-        return render("page.html", model, status, csrf=cookie)
+        model = self.page_model(
+            request, await self.inputs(), **{**defaults, "form_values": {}, **extra}
+        )
+        model.update(
+            csrf=token, session=self.session(request), writes=self.settings.admin_token is not None
+        )
+        return self.render("page.html", model, status, csrf=cookie)
 
-    async def index(request: Request) -> Response:
+    async def index(self, request: Request) -> Response:
         """The operator page: every endpoint, its evidence, the audit trail, the actions."""
         done = request.query_params.get("done")
         notice = None
         if done and done.isdigit():
-            notice = [audit_entry(r) for r in reader.audit() if r["generation"] == int(done)]
-        return await page(request, notice=notice)
+            notice = [audit_entry(r) for r in self.reader.audit() if r["generation"] == int(done)]
+        return await self.page(request, notice=notice)
 
-    async def live(request: Request) -> Response:
+    async def live(self, request: Request) -> Response:
         """The parts of the page that change, polled by the page once a second."""
-        model = page_model(request, await inputs())
-        return render("live.html", model)
+        model = self.page_model(request, await self.inputs())
+        return self.render("live.html", model)
 
-    async def entry(request: Request) -> Response:
+    async def entry(self, request: Request) -> Response:
         """One audit entry, with the state before and after."""
         generation = request.path_params["generation"]
-        records = [r for r in reader.audit() if r["generation"] == generation]
+        records = [r for r in self.reader.audit() if r["generation"] == generation]
         model = {
             "generation": generation,
             "records": [orjson.dumps(r, option=orjson.OPT_INDENT_2).decode() for r in records],
         }
-        return render("entry.html", model, 200 if records else 404)
+        return self.render("entry.html", model, 200 if records else 404)
 
-    def refuse(request: Request, status: int, message: str) -> Response:
-        return render("refused.html", {"status": status, "message": message}, status)
+    def refuse(self, request: Request, status: int, message: str) -> Response:
+        return self.render("refused.html", {"status": status, "message": message}, status)
 
-    def foreign(request: Request) -> str | None:
+    def foreign(self, request: Request) -> str | None:
         """Why a POST is refused before its form is read: a foreign or missing Origin."""
         origin = request.headers.get("origin")
         own = f"{request.url.scheme}://{request.headers.get('host', '')}"
@@ -200,15 +208,15 @@ def ui_routes(context: AdminContext) -> list[BaseRoute]:
         return None
 
     async def checked_form(
-        request: Request, *, login: bool = False
+        self, request: Request, *, login: bool = False
     ) -> Mapping[str, Any] | Response:
         """The POSTed form, or the refusal: foreign origin, CSRF, session."""
-        why = foreign(request)
+        why = self.foreign(request)
         if why:
-            return refuse(request, 403, why)
-        k = key()
+            return self.refuse(request, 403, why)
+        k = self.key()
         if k is None:
-            return refuse(
+            return self.refuse(
                 request,
                 403,
                 "changes are disabled: set SHIM_ADMIN_TOKEN (e.g. in the service's "
@@ -218,33 +226,33 @@ def ui_routes(context: AdminContext) -> list[BaseRoute]:
         given, cookie = str(form.get("csrf", "")), request.cookies.get(CSRF_COOKIE, "")
         nonce = csrf_nonce(k, given)
         if not nonce or not hmac.compare_digest(given, cookie):
-            return refuse(
+            return self.refuse(
                 request, 403, "refused: the form's CSRF token is missing or wrong; reload the page"
             )
         if not login:
-            current = session(request)
+            current = self.session(request)
             if current is None or current.get("n") != nonce:
-                return refuse(request, 401, "log in with the admin token to make changes")
+                return self.refuse(request, 401, "log in with the admin token to make changes")
         return form
 
-    async def login_page(request: Request) -> Response:
+    async def login_page(self, request: Request) -> Response:
         """The form that exchanges the admin token for a session cookie."""
-        token, cookie = csrf_for(request)
-        model = {"csrf": token, "writes": settings.admin_token is not None, "error": None}
-        return render("login.html", model, csrf=cookie)
+        token, cookie = self.csrf_for(request)
+        model = {"csrf": token, "writes": self.settings.admin_token is not None, "error": None}
+        return self.render("login.html", model, csrf=cookie)
 
-    async def login(request: Request) -> Response:
+    async def login(self, request: Request) -> Response:
         """Check the admin token once and set the signed, HttpOnly session cookie."""
-        form = await checked_form(request, login=True)
+        form = await self.checked_form(request, login=True)
         if isinstance(form, Response):
             return form
-        assert settings.admin_token is not None
-        k = signing_key(settings.admin_token)
+        assert self.settings.admin_token is not None
+        k = signing_key(self.settings.admin_token)
         given = str(form.get("token", "")).encode()
-        if not hmac.compare_digest(given, settings.admin_token.get_secret_value().encode()):
+        if not hmac.compare_digest(given, self.settings.admin_token.get_secret_value().encode()):
             csrf = str(form["csrf"])
             model = {"csrf": csrf, "writes": True, "error": "wrong admin token"}
-            return render("login.html", model, 401)
+            return self.render("login.html", model, 401)
         who = "".join(c for c in str(form.get("who", "")) if c.isalnum() or c in "._-@")[:32]
         nonce = csrf_nonce(k, str(form["csrf"]))
         assert nonce is not None
@@ -261,34 +269,34 @@ def ui_routes(context: AdminContext) -> list[BaseRoute]:
         response.headers.update(SECURITY_HEADERS)
         return response
 
-    async def logout(request: Request) -> Response:
+    async def logout(self, request: Request) -> Response:
         """End the session."""
-        form = await checked_form(request)
+        form = await self.checked_form(request)
         if isinstance(form, Response):
             return form
         response = RedirectResponse("/_shim/ui", 303)
         response.delete_cookie(SESSION_COOKIE, path="/_shim/ui")
         return response
 
-    async def act(request: Request) -> Response:
+    async def act(self, request: Request) -> Response:
         """A flip, rollback, shadow or canary change from the page, through the gate."""
-        form = await checked_form(request)
+        form = await self.checked_form(request)
         if isinstance(form, Response):
             return form
-        who = (session(request) or {}).get("who", "operator")
+        who = (self.session(request) or {}).get("who", "operator")
         endpoint = str(form.get("endpoint", ""))
         action = str(form.get("action", ""))
         reason = str(form.get("reason", "")).strip()
         force = form.get("force") == "yes"
-        back = f"/_shim/ui?endpoint={endpoint}" if endpoint in context.routes else "/_shim/ui"
+        back = f"/_shim/ui?endpoint={endpoint}" if endpoint in self.context.routes else "/_shim/ui"
         try:
             expected = int(str(form.get("expected_generation", "")))
         except ValueError:
-            return refuse(request, 422, "the form carries no generation; reload the page")
+            return self.refuse(request, 422, "the form carries no generation; reload the page")
         if not reason:
-            return await page(request, 422, problem={"message": "every change needs a reason"})
+            return await self.page(request, 422, problem={"message": "every change needs a reason"})
         if force and form.get("confirm") != "yes":
-            return await page(
+            return await self.page(
                 request,
                 422,
                 problem={"message": "forcing needs the box ticked that you read the evidence"},
@@ -297,14 +305,14 @@ def ui_routes(context: AdminContext) -> list[BaseRoute]:
         try:
             if action in ("rollback", "rollback_all"):
                 changes = await asyncio.to_thread(
-                    store.rollback,
+                    self.store.rollback,
                     [endpoint] if action == "rollback" else None,
                     actor=actor,
                     reason=reason,
                     expected_generation=expected,
                 )
                 generation = changes[0].generation if changes else None
-            elif action in ACTIONS and endpoint in context.routes:
+            elif action in ACTIONS and endpoint in self.context.routes:
                 update: dict[str, Any] = dict(ACTIONS[action])
                 percent: int | Unchanged | None = UNCHANGED
                 if action == "canary":
@@ -313,9 +321,9 @@ def ui_routes(context: AdminContext) -> list[BaseRoute]:
 
                 def gated(*, dry_run: bool) -> tuple[GateDecision, Change | None]:
                     return gated_set(
-                        settings,
-                        store,
-                        context.parity,
+                        self.settings,
+                        self.store,
+                        self.context.parity,
                         endpoint,
                         serve=update.get("serve"),
                         shadow=update.get("shadow"),
@@ -329,39 +337,47 @@ def ui_routes(context: AdminContext) -> list[BaseRoute]:
 
                 decision, _ = await asyncio.to_thread(gated, dry_run=True)
                 if not decision.allowed and not force:
-                    return await page(
+                    return await self.page(
                         request, 412, refusal=refusal(decision), form_values=dict(form)
                     )
                 _, change = await asyncio.to_thread(gated, dry_run=False)
                 generation = change.generation if change else None
             else:
-                return refuse(request, 422, f"unknown action {action!r} for {endpoint!r}")
+                return self.refuse(request, 422, f"unknown action {action!r} for {endpoint!r}")
         except Conflict as exc:
             shown = exc.expected if exc.expected is not None else exc.generation
-            moved = [audit_entry(r) for r in reader.audit() if r["generation"] > shown]
-            return await page(
+            moved = [audit_entry(r) for r in self.reader.audit() if r["generation"] > shown]
+            return await self.page(
                 request,
                 409,
                 conflict={"expected": shown, "generation": exc.generation, "moved": moved},
             )
         except (FlagError, ShimError) as exc:
-            return await page(request, exc.status_code, problem={"message": exc.message})
+            return await self.page(request, exc.status_code, problem={"message": exc.message})
         if generation is not None:
-            await context.workers.wait_applied_async(generation, within=settings.flip_wait_seconds)
+            await self.context.workers.wait_applied_async(
+                generation, within=self.settings.flip_wait_seconds
+            )
             joiner = "&" if "?" in back else "?"
             return RedirectResponse(f"{back}{joiner}done={generation}", 303)
         return RedirectResponse(back, 303)
 
-    return [
-        Route("/_shim/ui", index, methods=["GET"]),
-        Route("/_shim/ui/live", live, methods=["GET"]),
-        Route("/_shim/ui/audit/{generation:int}", entry, methods=["GET"]),
-        Route("/_shim/ui/login", login_page, methods=["GET"]),
-        Route("/_shim/ui/login", login, methods=["POST"]),
-        Route("/_shim/ui/logout", logout, methods=["POST"]),
-        Route("/_shim/ui/act", act, methods=["POST"]),
-        Mount("/_shim/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static"),
-    ]
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/_shim/ui", self.index, methods=["GET"]),
+            Route("/_shim/ui/live", self.live, methods=["GET"]),
+            Route("/_shim/ui/audit/{generation:int}", self.entry, methods=["GET"]),
+            Route("/_shim/ui/login", self.login_page, methods=["GET"]),
+            Route("/_shim/ui/login", self.login, methods=["POST"]),
+            Route("/_shim/ui/logout", self.logout, methods=["POST"]),
+            Route("/_shim/ui/act", self.act, methods=["POST"]),
+            Mount("/_shim/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static"),
+        ]
+
+
+def ui_routes(context: AdminContext) -> list[BaseRoute]:
+    """The page's routes, mounted on the admin app (never on the proxy port)."""
+    return OperatorPage(context).routes()
 
 
 async def form_of(request: Request) -> dict[str, str]:
