@@ -96,7 +96,9 @@ def add_commands(commands: Commands) -> None:
     load.add_argument("--reason", help="recorded in the audit trail")
     load.set_defaults(run=run_flags_import)
 
-    rollback = commands.add_parser("rollback", help="send endpoints (default: all but Go-only) back to rust")
+    rollback = commands.add_parser(
+        "rollback", help="send endpoints (default: all but Go-only) back to rust"
+    )
     config_option(rollback)
     rollback.add_argument("endpoints", nargs="*", metavar="ENDPOINT")
     rollback.add_argument("--reason", help="recorded in the audit trail")
