@@ -106,6 +106,23 @@ def test_too_few_samples_is_inconclusive_never_pass() -> None:
     )
 
 
+def test_the_same_error_on_both_sides_is_not_evidence_of_parity() -> None:
+    """Bad requests both backends refuse alike (400 and 400) match, but say nothing of the
+    answers: a window of them alone never reaches PASS, and never opens the gate."""
+    refused = [sample("sql", status={"rust": 400, "go": 400})] * 25
+    answered = [sample("sql", status={"rust": 200, "go": 200})] * 20
+    only_errors = judge(route_needing("sql", 20), refused)
+    assert only_errors.verdict == "INCONCLUSIVE"
+    assert only_errors.headline() == "INCONCLUSIVE 0/20 samples"
+    assert "25 where both backends answered the same error status" in only_errors.reasons[0]
+    assert judge(route_needing("sql", 20), refused[:5] + answered[:15]).verdict == "INCONCLUSIVE"
+    mixed = judge(route_needing("sql", 20), refused[:5] + answered)
+    assert mixed.verdict == "PASS" and mixed.metrics["agreed_errors"] == 5
+    assert mixed.headline().startswith("PASS 25/25")
+    differing = sample("sql", status={"rust": 400, "go": 500}, error="status 400 vs 500")
+    assert judge(route_needing("sql", 20), [differing] * 20 + refused).verdict == "FAIL"
+
+
 def test_differences_the_backend_also_shows_with_itself_are_noise() -> None:
     took = [{"path": "$.took_ms", "kind": "value_changed"}]
     noise = [{**sample("sql", blocking=took), "kind": "noise"}]

@@ -127,7 +127,11 @@ class Verdict:
     def headline(self) -> str:
         """`PASS 57/57 cos≥0.99999`, as the seed's parity log writes it."""
         if self.verdict == INCONCLUSIVE:
-            return f"{self.verdict} {self.samples}/{self.metrics.get('min_samples', 0):.0f} samples"
+            needed = self.metrics.get("min_samples", 0)
+            shown = self.samples  # past the minimum, only successful answers count
+            if shown >= needed:
+                shown -= int(self.metrics.get("agreed_errors", 0))
+            return f"{self.verdict} {shown}/{needed:.0f} samples"
         text = f"{self.verdict} {self.passed}/{self.samples}"
         if self.comparator == "cosine" and "min_cosine" in self.metrics:
             value = self.metrics["min_cosine"]
@@ -233,6 +237,10 @@ def judge(route: Route, records: Iterable[Mapping[str, Any]]) -> Verdict:
     failures.sort(key=lambda entry: entry[0])
     verdict.worst = [_worst_entry(record) for _, record in failures[:3]]
 
+    agreed_errors = sum(1 for record in comparisons if _same_error(record))
+    if agreed_errors:
+        verdict.metrics["agreed_errors"] = agreed_errors
+    answered = verdict.samples - agreed_errors
     if verdict.samples < policy.min_samples:
         verdict.verdict = INCONCLUSIVE
         verdict.reasons.append(
@@ -244,9 +252,27 @@ def judge(route: Route, records: Iterable[Mapping[str, Any]]) -> Verdict:
     elif verdict.failed / verdict.samples > policy.max_failure_ratio:
         verdict.verdict = FAIL
         verdict.reasons.extend(verdict.worst[0]["reasons"][:3] if verdict.worst else [])
+    elif answered < policy.min_samples:
+        # Both backends refusing the same bad requests says nothing of their answers: a
+        # window of errors alone must not open the gate.
+        verdict.verdict = INCONCLUSIVE
+        verdict.reasons.append(
+            f"{answered} of {policy.min_samples} comparisons of successful answers needed "
+            f"({agreed_errors} where both backends answered the same error status do not count)"
+        )
     else:
         verdict.verdict = PASS
     return verdict
+
+
+def _same_error(record: Mapping[str, Any]) -> bool:
+    """A sample where both backends answered the same non-2xx status (compared by status
+    alone: the same refusal on both sides)."""
+    status = record.get("status")
+    if not isinstance(status, Mapping):
+        return False
+    rust, go = status.get("rust"), status.get("go")
+    return isinstance(rust, int) and rust == go and not 200 <= rust < 300
 
 
 def verdicts(routes: RouteTable, records: Iterable[Mapping[str, Any]]) -> dict[str, Verdict]:
