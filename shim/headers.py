@@ -8,6 +8,7 @@ upstream client frames the body it actually sends. Repeated headers stay repeate
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 HOP_BY_HOP = frozenset(
@@ -31,7 +32,9 @@ NOT_RETURNED = HOP_BY_HOP | {b"date"}
 NOT_RETURNED_ON_REWRITE = NOT_RETURNED | {b"content-length", b"content-encoding", b"content-type"}
 VIA = "1.1 cutover-shim"
 
-RawHeaders = list[tuple[bytes, bytes]]
+RawHeaders = list[tuple[bytes, bytes]]  # what the shim builds and sends
+# What it reads: uvicorn's scope gives a list, aiohttp's raw_headers a tuple.
+HeaderPairs = Sequence[tuple[bytes, bytes]]
 
 
 @dataclass(slots=True)
@@ -45,7 +48,7 @@ class ClientRequest:
     forwarded_client: str | None = None  # the right-most X-Forwarded-For entry, as received
 
 
-def connection_tokens(headers: RawHeaders) -> frozenset[bytes]:
+def connection_tokens(headers: HeaderPairs) -> frozenset[bytes]:
     """Header names listed in `Connection` (they are hop-by-hop for this message only)."""
     tokens: set[bytes] = set()
     for name, value in headers:
@@ -55,7 +58,7 @@ def connection_tokens(headers: RawHeaders) -> frozenset[bytes]:
 
 
 def client_request(
-    headers: RawHeaders, *, client_host: str | None, scheme: str, caller_header: bytes
+    headers: HeaderPairs, *, client_host: str | None, scheme: str, caller_header: bytes
 ) -> ClientRequest:
     """Headers to send upstream, plus the request id, declared length and canary caller key.
 
@@ -111,7 +114,7 @@ def for_rewrite(forward: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return kept
 
 
-def backend_response(headers: RawHeaders, *, rewrite: bool) -> RawHeaders:
+def backend_response(headers: HeaderPairs, *, rewrite: bool) -> RawHeaders:
     """A backend's response headers as the client may see them (repeats kept)."""
     dropped = NOT_RETURNED_ON_REWRITE if rewrite else NOT_RETURNED
     named = connection_tokens(headers)

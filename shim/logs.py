@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -28,14 +28,17 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+class _ShimHandler(logging.StreamHandler[TextIO]):
+    """The shim's own stderr handler: `configure` adds it once however often it is called."""
+
+
 def configure(level: str) -> None:
     """Route the shim's loggers to stderr as JSON lines at `level` (idempotent)."""
     root = logging.getLogger("shim")
     root.setLevel(level.upper())
-    if not any(getattr(h, "_shim", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _ShimHandler) for h in root.handlers):
+        handler = _ShimHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
-        handler._shim = True  # type: ignore[attr-defined]
         root.addHandler(handler)
         root.propagate = False
 

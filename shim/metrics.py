@@ -250,9 +250,14 @@ def count(counter: Counter, *labels: str) -> None:
 
 
 class AdmissionView(Protocol):
-    limit: int
-    inflight: int
-    queued: int
+    """What the gauges read of a backend's admission (read-only)."""
+
+    @property
+    def limit(self) -> int: ...
+    @property
+    def inflight(self) -> int: ...
+    @property
+    def queued(self) -> int: ...
 
 
 _admissions: dict[str, AdmissionView] = {}

@@ -76,17 +76,14 @@ class Forwarder:
                 ex.method,
                 url,
                 headers=forward,
-                # Upstream.send says AsyncIterator, aiohttp takes any AsyncIterable (a
-                # CappedStream is one): the annotation in shim/serving/upstream.py is too narrow.
-                data=body,  # type: ignore[arg-type]
+                data=body,
                 replayable=functools.partial(self._replayable, call),
             )
         try:
             if response.status in route.fallback_on and self._may_fall_back(call):
                 raise FallbackStatus(response.status)
             response_headers = header_policy.backend_response(
-                # RawHeaders says list, aiohttp's are a tuple: shim/headers.py's type is too narrow
-                response.raw_headers,  # type: ignore[arg-type]
+                response.raw_headers,
                 rewrite=False,
             )
             response_headers += header_policy.shim_headers(
@@ -173,8 +170,7 @@ class Forwarder:
         if not 200 <= status < 300:
             # The backend's own error, in its own words: passed on, not translated.
             response_headers = header_policy.backend_response(
-                # RawHeaders says list, aiohttp's are a tuple: shim/headers.py's type is too narrow
-                raw_headers,  # type: ignore[arg-type]
+                raw_headers,
                 rewrite=True,
             )
             response_headers += [(b"content-length", str(len(answer)).encode()), *extra]
@@ -207,8 +203,7 @@ class Forwarder:
                 f"the {backend} backend's answer {_adapter_message('response', exc)}"
             ) from None
         response_headers = header_policy.backend_response(
-            # RawHeaders says list, aiohttp's are a tuple: shim/headers.py's type is too narrow
-            raw_headers,  # type: ignore[arg-type]
+            raw_headers,
             rewrite=True,
         )
         response_headers += [

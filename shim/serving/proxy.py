@@ -88,9 +88,7 @@ class Proxy(Forwarder):
             for backend in BACKENDS
         }
         for backend, admission in self.admission.items():
-            # AdmissionView declares `limit` settable; Admission's is a read-only property,
-            # which is all the gauges read (the Protocol in shim/metrics.py is too strict).
-            metrics.watch_admission(backend, admission)  # type: ignore[arg-type]
+            metrics.watch_admission(backend, admission)
         self.total_timeout = settings.total_timeout
         # A wait for a slot may take at most half the route's total timeout, if it has one.
         self.queue_budget = {

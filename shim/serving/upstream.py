@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, Callable
 from typing import Any
 
 import aiohttp
@@ -117,7 +117,7 @@ class Upstream:
         url: URL,
         *,
         headers: list[tuple[str, str]],
-        data: bytes | AsyncIterator[bytes] | None,
+        data: bytes | AsyncIterable[bytes] | None,
     ) -> aiohttp.client._RequestContextManager:
         """Send one request on `backend`'s pool: no redirects followed, the route's timeouts.
 
@@ -140,7 +140,7 @@ class Upstream:
         url: URL,
         *,
         headers: list[tuple[str, str]],
-        data: bytes | AsyncIterator[bytes] | None,
+        data: bytes | AsyncIterable[bytes] | None,
         replayable: Callable[[], bool],
     ) -> aiohttp.ClientResponse:
         """`request`, awaited for the answer's headers; when `replayable()` (the request may
