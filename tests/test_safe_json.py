@@ -1,4 +1,6 @@
-"""The 64-bit boundary of a client's integers, with and without the 19-digit pre-check."""
+"""The 64-bit boundary of a client's integers: bodies the 19-digit pre-check lets go at once
+and bodies it hands to the full scan. The smallest integer out of range has 19 digits
+(-(2**63) - 1): a pre-check asking for 20 would let it through, and this test would fail."""
 
 from __future__ import annotations
 
