@@ -95,19 +95,27 @@ def to_unit_rows(matrix: np.ndarray, vector_type: VectorType) -> np.ndarray | No
     if not matrix.size:
         return None
     kind = VECTOR_TYPES[vector_type]
+    tolerance = UNIT_TOLERANCE[vector_type]
     with np.errstate(over="ignore"):  # a value float32 cannot hold: its row goes the slow way
         carried = matrix.astype(kind, copy=False)
         norms = np.sqrt(np.einsum("ij,ij->i", carried, carried, dtype=np.float64))
+    # The two common batches decided from the smallest and largest norm alone (a few small
+    # numpy calls: per request they cost more than the arithmetic): every row unit, or every
+    # norm one float32 can carry. Zero rows, extreme norms and inf go the careful way below.
+    smallest, largest = float(norms.min()), float(norms.max())
+    if 1.0 - tolerance <= smallest and largest <= 1.0 + tolerance:
+        return None
+    low, high = _SAFE_FLOAT32_NORM
+    if kind is np.float32 and low < smallest and largest < high:
+        unit: np.ndarray = carried / norms.astype(kind)[:, None]
+        return unit
     zero = norms == 0.0  # in `vector_type`: a row may have underflowed to zero on the way
-    if np.all((np.abs(norms - 1.0) <= UNIT_TOLERANCE[vector_type]) | zero) and not np.any(
-        matrix[zero]
-    ):
+    if np.all((np.abs(norms - 1.0) <= tolerance) | zero) and not np.any(matrix[zero]):
         return None
     if kind is np.float64:
         return l2_normalize(matrix)
-    low, high = _SAFE_FLOAT32_NORM
     if np.all((norms > low) & (norms < high)):  # False for inf and NaN too
-        unit: np.ndarray = carried / norms.astype(kind)[:, None]
+        unit = carried / norms.astype(kind)[:, None]
         return unit
     return l2_normalize(matrix.astype(np.float64, copy=False)).astype(kind)
 
