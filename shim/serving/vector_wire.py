@@ -83,10 +83,18 @@ def _load(raw: bytes, field: str) -> tuple[dict[str, Any], int] | None:
     parsed = _parse(raw)
     if not isinstance(parsed, simdjson.Object):
         return None
-    keys = list(parsed.keys())
-    if len(set(keys)) != len(keys):
+    document: dict[str, Any] = {}
+    for key in parsed:
+        value = parsed[key]
+        if isinstance(value, simdjson.Object):
+            document[key] = value.as_dict()
+        elif isinstance(value, simdjson.Array):
+            document[key] = value if key == field else value.as_list()
+        else:
+            document[key] = value
+    if len(document) != len(parsed):
         return None  # duplicate keys: orjson keeps the last, simdjson the first
-    vectors = parsed[field]
+    vectors = document.get(field)
     if not isinstance(vectors, simdjson.Array):
         return None
     rows = len(vectors)
@@ -98,21 +106,9 @@ def _load(raw: bytes, field: str) -> tuple[dict[str, Any], int] | None:
                 return None
         if flat.size != rows * dimension:
             return None
-        matrix = flat.reshape(rows, dimension)
+        document[field] = flat.reshape(rows, dimension)
     else:
-        matrix = np.zeros((0, 0), dtype=np.float64)
-    document: dict[str, Any] = {}
-    for key in keys:
-        if key == field:
-            document[key] = matrix
-            continue
-        value = parsed[key]
-        if isinstance(value, simdjson.Object):
-            document[key] = value.as_dict()
-        elif isinstance(value, simdjson.Array):
-            document[key] = value.as_list()
-        else:
-            document[key] = value
+        document[field] = np.zeros((0, 0), dtype=np.float64)
     return document, rows
 
 
