@@ -106,3 +106,24 @@ def test_wrk_drives_a_target_and_its_report_is_read(tmp_path: Path) -> None:
     assert run["errors"] == 0
     assert list(run["latency"]) == [str(p) for p in PERCENTILES]
     assert 0 < run["latency"]["50"] <= run["latency"]["99"]
+
+
+TINY_STAGES = ("--texts", "2", "--dim", "16", "--calls", "3")
+
+
+def test_embed_stages_prints_every_stage_of_both_directions() -> None:
+    """`benchmarks.embed_stages` (where an embed rewrite's CPU goes) runs, on answers the fast
+    path takes as gateways write them, and prints each stage warm and cold."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.embed_stages", *TINY_STAGES],
+        env=base_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    header, *rows = result.stdout.splitlines()[1:]
+    assert header.split()[1:] == ["parse", "load", "translate", "write", "whole", "floor"]
+    assert [row.split()[-7] for row in rows] == ["warm", "cold", "warm", "cold"]
+    assert all(float(value) > 0 for row in rows for value in row.split()[-6:])
