@@ -20,38 +20,43 @@ from benchmarks.scenarios import CEILING, FLOOR, RECIPE, SMALL
 from tests.servers import ROOT, base_env, own_backend
 
 
-def test_bench_smoke_run_reports_every_target_and_the_ratios(tmp_path: Path) -> None:
-    output = tmp_path / "bench.json"
+def run_module(module: str, *arguments: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`python -m module arguments` from the checkout, as a user runs it; it must succeed."""
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "shim",
-            "bench",
-            "--duration",
-            "0.2",
-            "--rounds",
-            "1",
-            "--connections",
-            "2",
-            "--shadow-rate",
-            "50",
-            "--embed-batches",
-            "1",  # the batch series, tiny: one size besides 8
-            "--burst",
-            "40",
-            "--overload",
-            "60",
-            "--json",
-            str(output),
-        ],
+        [sys.executable, "-m", module, *arguments],
         env=base_env(),
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=timeout,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_bench_smoke_run_reports_every_target_and_the_ratios(tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    result = run_module(
+        "shim",
+        "bench",
+        "--duration",
+        "0.2",
+        "--rounds",
+        "1",
+        "--connections",
+        "2",
+        "--shadow-rate",
+        "50",
+        "--embed-batches",
+        "1",  # the batch series, tiny: one size besides 8
+        "--burst",
+        "40",
+        "--overload",
+        "60",
+        "--json",
+        str(output),
+        timeout=240,
+    )
     document = json.loads(output.read_text())
     targets = {(row["scenario"], row["target"]) for row in document["results"]}
     small = {"direct", FLOOR, "shim", "shim, 2 workers", RECIPE}
@@ -114,15 +119,7 @@ TINY_STAGES = ("--texts", "2", "--dim", "16", "--calls", "3")
 def test_embed_stages_prints_every_stage_of_both_directions() -> None:
     """`benchmarks.embed_stages` (where an embed rewrite's CPU goes) runs, on answers the fast
     path takes as gateways write them, and prints each stage warm and cold."""
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.embed_stages", *TINY_STAGES],
-        env=base_env(),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = run_module("benchmarks.embed_stages", *TINY_STAGES, timeout=60)
     header, *rows = result.stdout.splitlines()[1:]
     assert header.split()[1:] == ["parse", "load", "translate", "write", "whole", "floor"]
     assert [row.split()[-7] for row in rows] == ["warm", "cold", "warm", "cold"]
