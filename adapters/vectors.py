@@ -114,9 +114,7 @@ def to_unit_rows(matrix: np.ndarray, vector_type: VectorType) -> np.ndarray | No
         return None
     if kind is np.float64:
         return l2_normalize(matrix)
-    if np.all((norms > low) & (norms < high)):  # False for inf and NaN too
-        unit = carried / norms.astype(kind)[:, None]
-        return unit
+    # A norm float32 cannot carry (zero, tiny, huge, inf): normalise in float64, round once.
     return l2_normalize(matrix.astype(np.float64, copy=False)).astype(kind)
 
 
